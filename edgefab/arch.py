@@ -1,0 +1,82 @@
+"""ArchSpec: the architecture description shared by factory, search and targets.
+
+Plain, JSON-serialisable data (no torch): a stem convolution, a list of MBConv blocks and a
+classifier head. Latency models read it, the factory and the searches write it, and
+``edgefab.factory.network.build_network`` turns it into a PyTorch module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One MBConv block: 1x1 expand, kxk depthwise, 1x1 project (+ residual when shapes allow)."""
+
+    out_channels: int
+    kernel: int = 3
+    expand: int = 3
+    stride: int = 1
+    skip: bool = False  # the block is removed (only where its input and output shapes agree)
+
+    def notation(self) -> str:
+        """Single-Path NAS style name of the choice, e.g. ``k5_e6`` or ``skip``."""
+        return "skip" if self.skip else f"k{self.kernel}_e{self.expand}"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole classifier: stem, MBConv blocks, 1x1 head, global pool, linear logits."""
+
+    input_shape: tuple[int, int, int]  # C, H, W
+    num_classes: int
+    stem_channels: int
+    blocks: tuple[BlockSpec, ...]
+    head_channels: int
+    stem_stride: int = 1
+    name: str = "mbconv"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data."""
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+    def to_json(self) -> str:
+        """The spec as canonical JSON (sorted keys: equal specs give equal strings)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["input_shape"] = tuple(values["input_shape"])
+        values["blocks"] = tuple(BlockSpec(**b) for b in values["blocks"])
+        return cls(**values)
+
+    def notation(self) -> list[str]:
+        """Per-block choices, e.g. ``["k3_e3", "skip", "k5_e6"]``."""
+        return [b.notation() for b in self.blocks]
+
+    def scaled(self, width: float) -> ArchSpec:
+        """The same network with every channel count multiplied by ``width`` (rounded to 8)."""
+        blocks = tuple(replace(b, out_channels=round_channels(b.out_channels * width)) for b in self.blocks)
+        return replace(
+            self,
+            stem_channels=round_channels(self.stem_channels * width),
+            blocks=blocks,
+            head_channels=round_channels(self.head_channels * width),
+            name=f"{self.name}-w{width:g}",
+        )
+
+
+def round_channels(channels: float, divisor: int = 8) -> int:
+    """Round a channel count to a multiple of ``divisor`` (never below it), as MobileNet does."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * channels:  # never lose more than 10 % of the width by rounding
+        rounded += divisor
+    return rounded

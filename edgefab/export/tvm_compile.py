@@ -1,0 +1,158 @@
+"""Compile a static-shape ONNX graph with TVM Relax into a library for a target.
+
+The model must already have fixed input shapes and be simplified (see :mod:`edgefab.export.graph`).
+Weights are embedded in the library as constants: one file to ship, nothing to keep in sync.
+TVM is imported inside functions so that importing edgefab stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgefab.errors import EdgefabError, UnsupportedOperatorError
+from edgefab.export import graph
+from edgefab.targets import Target
+
+# Handled by the importer itself rather than its converter map.
+_BUILTIN_OPS = {"Constant", "If"}
+
+
+@dataclass
+class CompiledArtifact:
+    """A compiled library and how to use it."""
+
+    path: Path
+    format: str  # "shared-library" or "object-archive"
+    tvm_target: dict[str, Any]
+    note: str
+    runs_here: bool
+
+
+def resolve_tvm_target(target: Target) -> dict[str, Any]:
+    """The target's ``tvm`` dict, with ``mcpu = "native"`` replaced by this machine's CPU and triple."""
+    from tvm.target import codegen
+
+    resolved = dict(target.tvm)
+    if resolved.get("mcpu") == "native":
+        # Record the real CPU (and LLVM's default triple) so a manifest says what the code is for.
+        resolved["mcpu"] = codegen.llvm_get_system_cpu()
+        resolved.setdefault("mtriple", codegen.llvm_get_system_triple())
+    return resolved
+
+
+def unsupported_operators(model: onnx.ModelProto) -> list[str]:
+    """ONNX op types (including those inside `If` branches) that TVM's Relax importer cannot convert."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    # The importer checks only top-level nodes and fails deep inside a branch otherwise; its converter
+    # map is the authoritative list of what it takes.
+    known = set(onnx_frontend._get_convert_map()) | _BUILTIN_OPS
+    return sorted({op for op in _op_types(model.graph) if op not in known})
+
+
+def _op_types(g: onnx.GraphProto) -> set[str]:
+    ops = set()
+    for node in g.node:
+        ops.add(node.op_type)
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                ops |= _op_types(sub)
+    return ops
+
+
+def compile_onnx(
+    model: onnx.ModelProto, target: Target, out_dir: Path, name: str = "model"
+) -> CompiledArtifact:
+    """Import ``model`` into Relax, build it for ``target`` and write the library into ``out_dir``."""
+    import tvm
+
+    symbolic = [s for s in graph.input_signature(model) if any(isinstance(d, str) for d in s["shape"])]
+    if symbolic:
+        raise EdgefabError(
+            f"input '{symbolic[0]['name']}' has symbolic dims {symbolic[0]['shape']}; "
+            "fix input shapes (--input NAME:DIMS) before compiling with TVM"
+        )
+    model = graph.decompose_lstm(model)  # TVM has no LSTM converter
+    missing = unsupported_operators(model)
+    if missing:
+        raise UnsupportedOperatorError(missing)
+    tvm_target = resolve_tvm_target(target)
+    executable = tvm.compile(_import(model), tvm.target.Target(tvm_target))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if target.runs_here:
+        path = out_dir / f"{name}.so"
+        executable.export_library(str(path))
+        return CompiledArtifact(path, "shared-library", tvm_target, "linked with the host C compiler", True)
+    return _export_cross(executable, target, tvm_target, out_dir, name)
+
+
+def _import(model: onnx.ModelProto):
+    """Run the Relax ONNX importer, turning its failures into one-line user errors."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(model)
+    except Exception as exc:  # the importer raises many types; the user needs one line
+        text = str(exc).strip().splitlines()
+        raise EdgefabError(
+            f"TVM's ONNX importer failed: {text[-1] if text else type(exc).__name__}"
+        ) from None
+
+
+def find_cross_compiler(target: Target) -> str | None:
+    """The first of ``target.cross_compilers`` present here (``$VAR`` names an environment variable)."""
+    for entry in target.cross_compilers:
+        if entry.startswith("$"):
+            value = os.environ.get(entry[1:], "")
+            if value and shutil.which(value):
+                return entry
+        elif shutil.which(entry):
+            return entry
+    return None
+
+
+def _export_cross(executable, target: Target, tvm_target: dict, out_dir: Path, name: str) -> CompiledArtifact:
+    """Link a shared library with a cross compiler if one is installed, else write the object archive."""
+    compiler = find_cross_compiler(target)
+    if compiler is None:
+        path = out_dir / f"{name}.tar"
+        executable.export_library(str(path))  # gzip tar of object files, needs no toolchain
+        tried = ", ".join(target.cross_compilers) or "none"
+        cc = target.cross_compilers[0] if target.cross_compilers else "<cross C compiler>"
+        note = (
+            f"object archive; no cross compiler found (tried: {tried}). "
+            f"Link on a machine with one: mkdir objs && tar -xzf {path.name} -C objs && "
+            f"{cc} -shared -fPIC -o {name}.so objs/*.o -lm"
+        )
+        return CompiledArtifact(path, "object-archive", tvm_target, note, False)
+    path = out_dir / f"{name}.so"
+    fcompile, how = _linker(compiler, tvm_target)
+    try:
+        executable.export_library(str(path), fcompile=fcompile)
+    except RuntimeError as exc:
+        raise EdgefabError(f"linking with {compiler} failed: {str(exc).strip().splitlines()[-1]}") from None
+    return CompiledArtifact(path, "shared-library", tvm_target, how, False)
+
+
+def _linker(compiler: str, tvm_target: dict):
+    """The export_library ``fcompile`` for a cross compiler entry, and a note on how it links."""
+    from tvm.support import cc, ndk
+
+    if compiler == "$TVM_NDK_CC":
+        return ndk.create_shared, f"linked with the Android NDK ($TVM_NDK_CC={os.environ['TVM_NDK_CC']})"
+    executable = os.environ[compiler[1:]] if compiler.startswith("$") else compiler
+    if "android" in str(tvm_target.get("mtriple", "")) and "android" not in executable:
+        # A GNU/Linux toolchain would record glibc (NEEDED libc.so.6, memcpy@GLIBC_2.17) that
+        # Android's bionic loader cannot satisfy; without its libc the few libc/libm symbols stay
+        # undefined and resolve in the process at load time, like the TVM runtime symbols do.
+        fcompile = cc.cross_compiler(executable, options=["-nostdlib"])
+        return fcompile, f"linked with {executable} -nostdlib (no glibc dependency, for Android's loader)"
+    return cc.cross_compiler(executable), f"linked with {executable}"

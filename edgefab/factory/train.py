@@ -1,0 +1,147 @@
+"""Train a network from an ArchSpec, with a disk cache keyed by everything that changes the result.
+
+A second ``edgefab build`` with the same data, spec and settings loads the weights instead of
+training again. Weights are stored with safetensors, never pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import edgefab
+from edgefab.arch import ArchSpec
+from edgefab.data import Dataset, to_float
+from edgefab.factory.network import build_network
+
+ProgressFn = Callable[[int, int], None]  # (epochs done, epochs in all)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one supervised training run."""
+
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """A trained network and how it came to be."""
+
+    model: nn.Module
+    cached: bool
+    cache_key: str
+    train_seconds: float
+
+
+def cache_dir() -> Path:
+    """edgefab's cache folder: ``$EDGEFAB_CACHE_DIR`` or the platform's user cache dir."""
+    override = os.environ.get("EDGEFAB_CACHE_DIR")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("edgefab"))
+
+
+def dataset_fingerprint(data: Dataset) -> str:
+    """A short hash of the images and labels: same data, same fingerprint."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(data.images).tobytes())
+    digest.update(np.ascontiguousarray(data.labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_key(spec: ArchSpec, data: Dataset, prep: dict, config: TrainConfig) -> str:
+    key = {
+        "spec": spec.to_dict(),
+        "data": dataset_fingerprint(data),
+        "prep": prep,
+        "config": asdict(config),
+        "torch": torch.__version__,
+        "edgefab": edgefab.__version__,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _train(
+    model: nn.Module, data: Dataset, prep: dict, config: TrainConfig, progress: ProgressFn | None
+) -> None:
+    torch.manual_seed(config.seed)
+    images = torch.from_numpy(to_float(data.images, prep))
+    labels = torch.from_numpy(data.labels.astype(np.int64))
+    steps_per_epoch = max(1, len(labels) // config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for step in range(steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+            schedule.step()
+        if progress:
+            progress(epoch + 1, config.epochs)
+    model.eval()
+
+
+def train_classifier(
+    spec: ArchSpec,
+    train: Dataset,
+    prep: dict,
+    config: TrainConfig | None = None,
+    progress: ProgressFn | None = None,
+    use_cache: bool = True,
+) -> TrainResult:
+    """Train ``spec`` on ``train`` (preprocessed with ``prep``), or load it from the cache."""
+    import time
+
+    config = config or TrainConfig()
+    key = _cache_key(spec, train, prep, config)
+    path = cache_dir() / "models" / f"{key}.safetensors"
+    model = build_network(spec)
+    if use_cache and path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        model.eval()
+        return TrainResult(model, cached=True, cache_key=key, train_seconds=0.0)
+    start = time.perf_counter()
+    _train(model, train, prep, config, progress)
+    seconds = time.perf_counter() - start
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(partial))
+        partial.replace(path)  # atomic: a concurrent build never reads half a file
+    return TrainResult(model, cached=False, cache_key=key, train_seconds=seconds)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, data: Dataset, prep: dict, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``data``, in [0, 1]."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(data.labels), batch_size):
+        images = torch.from_numpy(to_float(data.images[start : start + batch_size], prep))
+        predicted = model(images).argmax(1).numpy()
+        correct += int((predicted == data.labels[start : start + batch_size]).sum())
+    return correct / max(1, len(data.labels))

@@ -1,0 +1,1 @@
+"""The build pipelines: `build` (task data -> package) and `compile` (ONNX model -> package)."""

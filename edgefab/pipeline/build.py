@@ -1,0 +1,207 @@
+"""``edgefab build``: task data + target (+ latency budget) -> verified runtime package.
+
+v1 model: the simple MBConv classifier family (``edgefab.factory.presets``), the widest width
+that meets the budget, trained on the data (or loaded from the training cache).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgefab.arch import ArchSpec
+from edgefab.data import Dataset, load_dataset, normalization, to_float, train_val_split
+from edgefab.errors import EdgefabError
+from edgefab.export.graph import run_onnxruntime
+from edgefab.export.onnx_export import INPUT_NAME, export_onnx, onnx_parity
+from edgefab.export.stats import model_stats
+from edgefab.factory.network import build_network
+from edgefab.factory.presets import WIDTHS, simple_classifier
+from edgefab.factory.train import TrainConfig, evaluate_accuracy, train_classifier
+from edgefab.pipeline.common import (
+    PackageContents,
+    Progress,
+    SilentProgress,
+    base_manifest,
+    compile_with_tvm,
+    recommend_engine,
+    work_folder,
+)
+from edgefab.runtime.package import check_output_folder, read_manifest, write_package
+from edgefab.targets import Target, load_target
+from edgefab.targets.latency import LatencyFigure, measure_onnx, predict_from_macs
+
+PARITY_TOLERANCE = 1e-4
+PARITY_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What ``edgefab build`` was asked for."""
+
+    target: str = "pixel"
+    data: str = "mnist"
+    out: Path = Path("build")
+    latency_ms: float | None = None
+    epochs: int = 4
+    seed: int = 0
+    archive: bool = False
+    use_cache: bool = True
+
+
+def model_latency(target: Target, onnx_path: Path, model: onnx.ModelProto) -> LatencyFigure | None:
+    """Measured latency where the target is this machine, else the target's prediction."""
+    if target.runs_here:
+        signature = model.graph.input[0].type.tensor_type.shape.dim
+        shape = [d.dim_value for d in signature]
+        feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        return measure_onnx(onnx_path, feeds, threads=target.threads)
+    return predict_from_macs(target, model_stats(model)["macs"])
+
+
+def choose_architecture(
+    base: ArchSpec, target: Target, budget_ms: float | None, work: Path
+) -> tuple[ArchSpec, LatencyFigure | None]:
+    """The widest member of the family whose latency on ``target`` meets ``budget_ms``."""
+    if budget_ms is None:
+        return base, None
+    if budget_ms <= 0:
+        raise EdgefabError(f"--latency-ms must be positive, got {budget_ms}")
+    figures = []
+    for width in WIDTHS:
+        spec = base.scaled(width)
+        path = work / f"candidate-{width:g}.onnx"
+        model = export_onnx(build_network(spec), (1, *spec.input_shape), path)
+        figure = model_latency(target, path, model)
+        if figure is None:
+            raise EdgefabError(f"target {target.name} has no latency model; build without --latency-ms")
+        if figure.ms <= budget_ms:
+            return spec, figure
+        figures.append(figure.ms)
+    raise EdgefabError(
+        f"no model meets {budget_ms:g} ms on {target.name}: the smallest costs {min(figures):.3f} ms "
+        f"({'measured' if target.runs_here else 'predicted'}); raise --latency-ms"
+    )
+
+
+def onnx_accuracy(onnx_path: Path, val: Dataset, prep: dict) -> float:
+    """Top-1 accuracy of the exported graph itself (what ships), one sample at a time."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    inputs = to_float(val.images, prep)
+    correct = sum(
+        int(session.run(None, {INPUT_NAME: sample[None]})[0].argmax() == label)
+        for sample, label in zip(inputs, val.labels, strict=True)
+    )
+    return correct / max(1, len(val.labels))
+
+
+def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run the whole pipeline and write the package; returns its folder and manifest."""
+    progress = progress or SilentProgress()
+    target = load_target(options.target)
+    progress.stage(f"loading data {options.data}")
+    data = load_dataset(options.data)
+    train, val = train_val_split(data, seed=options.seed)
+    prep = normalization(train)
+    name = f"{data.name.split(':')[-1]}-{target.name}"
+    out_dir = Path(options.out) / name
+    check_output_folder(out_dir)
+    with work_folder() as work:
+        progress.stage("choosing the architecture for the budget")
+        spec, _ = choose_architecture(
+            simple_classifier(train.input_shape, data.num_classes), target, options.latency_ms, work
+        )
+        progress.stage(f"training {spec.name} ({options.epochs} epochs)")
+        config = TrainConfig(epochs=options.epochs, seed=options.seed)
+        trained = train_classifier(spec, train, prep, config, progress.advance, options.use_cache)
+        contents = _export_and_check(name, trained.model, spec, target, train, val, prep, work, progress)
+        contents.manifest.update(
+            {
+                "build": {
+                    "data": options.data,
+                    "samples": {"train": len(train), "validation": len(val)},
+                    "architecture": spec.to_dict(),
+                    "notation": spec.notation(),
+                    "training": {
+                        **config.__dict__,
+                        "cached": trained.cached,
+                        "seconds": round(trained.train_seconds, 1),
+                    },
+                    "latency_budget_ms": options.latency_ms,
+                },
+            }
+        )
+        contents.manifest["figures"]["pytorch_accuracy"] = round(
+            evaluate_accuracy(trained.model, val, prep), 5
+        )
+        progress.stage(f"writing package {out_dir}")
+        write_package(out_dir, contents.manifest, contents.files, archive=options.archive)
+    return out_dir, read_manifest(out_dir)
+
+
+def _export_and_check(
+    name: str,
+    model,
+    spec: ArchSpec,
+    target: Target,
+    train: Dataset,
+    val: Dataset,
+    prep: dict,
+    work: Path,
+    progress: Progress,
+) -> PackageContents:
+    progress.stage("exporting ONNX and checking parity")
+    onnx_path = work / "model.onnx"
+    proto = export_onnx(model, (1, *spec.input_shape), onnx_path)
+    samples = to_float(val.images[:PARITY_SAMPLES], prep)
+    parity = onnx_parity(model, onnx_path, samples)
+    if parity >= PARITY_TOLERANCE:
+        raise EdgefabError(f"ONNX export differs from PyTorch by {parity:.3g} (limit {PARITY_TOLERANCE})")
+    accuracy = onnx_accuracy(onnx_path, val, prep)
+    latency = model_latency(target, onnx_path, proto)
+    progress.stage(f"compiling with TVM for {target.name}")
+    feeds = {INPUT_NAME: samples[:1]}
+    tvm = compile_with_tvm(proto, target, work, feeds, run_onnxruntime(onnx_path, feeds))
+    engine, why = recommend_engine(latency, tvm)
+    labels_path = work / "labels.json"
+    labels_path.write_text(json.dumps(train.classes) + "\n")
+    tvm_target = tvm.artifact.tvm_target if tvm.artifact else None
+    manifest = base_manifest(name, "classifier", target, tvm_target)
+    manifest.update(
+        {
+            "inputs": [{"name": INPUT_NAME, "shape": [1, *spec.input_shape], "dtype": "float32"}],
+            "outputs": [{"name": "logits", "shape": [1, len(train.classes)], "dtype": "float32"}],
+            "preprocessing": prep,
+            "labels": "labels.json",
+            "labels_list": list(train.classes),
+            "engines": {
+                "onnxruntime": {
+                    "file": "model.onnx",
+                    "provider": target.ort_provider,
+                    "opset": proto.opset_import[0].version,
+                },
+                "tvm": tvm.manifest_entry(),
+            },
+            "recommended_engine": engine,
+            "recommended_because": why,
+            "figures": {
+                "accuracy": round(accuracy, 5),
+                **model_stats(proto),
+                "model_bytes": onnx_path.stat().st_size,
+                "onnx_parity_max_abs_diff": parity,
+                "latency": latency.to_dict() if latency else None,
+                "tvm_latency": tvm.latency.to_dict() if tvm.latency else None,
+            },
+        }
+    )
+    files = {"model.onnx": onnx_path, "labels.json": labels_path}
+    if tvm.artifact:
+        files[tvm.artifact.path.name] = tvm.artifact.path
+    return PackageContents(manifest, files)

@@ -1,0 +1,146 @@
+"""Steps shared by ``build`` and ``compile``: TVM compilation with fallback, engine choice, packaging."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+import edgefab
+from edgefab.errors import UnsupportedOperatorError
+from edgefab.export.graph import max_abs_diff
+from edgefab.export.tvm_compile import CompiledArtifact, compile_onnx
+from edgefab.runtime.tvm_engine import TVMEngine
+from edgefab.targets import Target
+from edgefab.targets.latency import LatencyFigure, time_calls
+
+TVM_TOLERANCE = 1e-4
+
+
+class Progress(Protocol):
+    """What the pipeline tells the user while it works."""
+
+    def stage(self, description: str) -> None:
+        """A new stage begins."""
+
+    def advance(self, done: int, total: int) -> None:
+        """Progress within the current stage."""
+
+
+class SilentProgress:
+    """A :class:`Progress` that says nothing (library use and tests)."""
+
+    def stage(self, description: str) -> None:
+        pass
+
+    def advance(self, done: int, total: int) -> None:
+        pass
+
+
+@dataclass
+class TvmOutcome:
+    """What the TVM step produced: a library and its checks, or why there is none."""
+
+    artifact: CompiledArtifact | None
+    error: str | None = None
+    parity_max_abs_diff: float | None = None
+    latency: LatencyFigure | None = None
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The ``engines.tvm`` entry of the manifest."""
+        if self.artifact is None:
+            return {"error": self.error}
+        entry = {
+            "file": self.artifact.path.name,
+            "format": self.artifact.format,
+            "tvm_target": self.artifact.tvm_target,
+            "runs_here": self.artifact.runs_here,
+            "machine": platform.machine() if self.artifact.runs_here else None,
+            "note": self.artifact.note,
+        }
+        if self.parity_max_abs_diff is not None:
+            entry["max_abs_diff_vs_onnxruntime"] = self.parity_max_abs_diff
+        return entry
+
+
+def compile_with_tvm(
+    model: onnx.ModelProto,
+    target: Target,
+    work_dir: Path,
+    feeds: dict[str, np.ndarray],
+    reference: list[np.ndarray],
+) -> TvmOutcome:
+    """Compile for ``target``; where the library runs here, check it against ``reference`` and time it.
+
+    An operator TVM cannot import is not fatal: the package still ships the ONNX Runtime engine.
+    """
+    try:
+        artifact = compile_onnx(model, target, work_dir)
+    except UnsupportedOperatorError as exc:
+        return TvmOutcome(artifact=None, error=str(exc))
+    if not artifact.runs_here:
+        return TvmOutcome(artifact=artifact)
+    engine = TVMEngine(artifact.path, list(feeds))
+    outputs = engine.run(feeds)
+    diff = max_abs_diff(reference, outputs)
+    samples = time_calls(lambda: engine.run(feeds), warmup=3, runs=20)
+    latency = LatencyFigure(
+        ms=float(np.median(samples)), source="measured", method="TVM (untuned) on this machine, median of 20"
+    )
+    if diff > TVM_TOLERANCE:
+        return TvmOutcome(
+            artifact=None,
+            error=f"TVM output differs from ONNX Runtime by {diff:.3g} (> {TVM_TOLERANCE}); not packaged",
+        )
+    return TvmOutcome(artifact=artifact, parity_max_abs_diff=diff, latency=latency)
+
+
+def recommend_engine(ort_latency: LatencyFigure | None, tvm: TvmOutcome) -> tuple[str, str]:
+    """Which engine the package should run on, and why (measured where both ran here)."""
+    if tvm.artifact is None:
+        return "onnxruntime", "no TVM library for this target"
+    if ort_latency and tvm.latency and ort_latency.source == "measured":
+        if tvm.latency.ms < ort_latency.ms:
+            return "tvm", f"TVM measured faster here ({tvm.latency.ms:.3f} vs {ort_latency.ms:.3f} ms)"
+        return (
+            "onnxruntime",
+            f"ONNX Runtime measured faster here ({ort_latency.ms:.3f} vs {tvm.latency.ms:.3f} ms)",
+        )
+    return "onnxruntime", "not measured on the device; TVM is untuned, ONNX Runtime is the safer default"
+
+
+@dataclass
+class PackageContents:
+    """Everything a package folder gets, before it is written."""
+
+    manifest: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def base_manifest(name: str, kind: str, target: Target, tvm_target: dict[str, Any] | None) -> dict[str, Any]:
+    """Fields every manifest starts with."""
+    target_data = target.to_dict()
+    if tvm_target is not None:
+        target_data["tvm"] = tvm_target
+    return {
+        "name": name,
+        "kind": kind,
+        "edgefab_version": edgefab.__version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "target": target_data,
+    }
+
+
+@contextmanager
+def work_folder() -> Iterator[Path]:
+    """A scratch folder for intermediate files, removed afterwards whatever happens."""
+    with tempfile.TemporaryDirectory(prefix="edgefab-") as folder:
+        yield Path(folder)

@@ -1,0 +1,130 @@
+"""``edgefab compile``: any ONNX model -> fixed shapes, simplified, verified, compiled, packaged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgefab.export.graph import (
+    bind_inputs,
+    fix_input_shapes,
+    input_signature,
+    load_onnx,
+    output_signature,
+    parse_input_specs,
+    parse_input_values,
+    random_inputs,
+    run_onnxruntime,
+    simplify,
+    verify_simplified,
+)
+from edgefab.export.stats import model_stats
+from edgefab.pipeline.common import (
+    PackageContents,
+    Progress,
+    SilentProgress,
+    base_manifest,
+    compile_with_tvm,
+    recommend_engine,
+    work_folder,
+)
+from edgefab.runtime.package import check_output_folder, read_manifest, write_package
+from edgefab.targets import load_target
+from edgefab.targets.latency import measure_onnx, predict_from_macs
+
+SIMPLIFY_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What ``edgefab compile`` was asked for."""
+
+    model: Path
+    target: str = "host"
+    inputs: list[str] = field(default_factory=list)  # NAME:DIMS fixes a shape, NAME=VALUES binds a constant
+    out: Path = Path("build")
+    name: str | None = None
+    archive: bool = False
+
+
+def split_input_options(specs: list[str]) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
+    """``NAME:DIMS`` specs become shapes, ``NAME=V,...`` specs become constant values."""
+    shape_specs = [s for s in specs if "=" not in s]
+    value_specs = [s for s in specs if "=" in s]
+    values = {name: np.asarray(v) for name, v in parse_input_values(value_specs).items()}
+    return parse_input_specs(shape_specs), values
+
+
+def prepare_graph(
+    original: onnx.ModelProto, shapes: dict[str, list[int]], values: dict[str, np.ndarray]
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray], float]:
+    """Fix shapes, bind constants, simplify, and check the result against the original.
+
+    Returns the simplified graph, feeds for it (seeded random), and the max abs difference
+    between the original and the simplified graph on those feeds.
+    """
+    fixed = fix_input_shapes(original, shapes)
+    bound = bind_inputs(fixed, values) if values else fixed
+    simplified = simplify(bound)
+    feeds = random_inputs(input_signature(fixed), seed=0, values=values)
+    diff = verify_simplified(original, simplified, feeds, atol=SIMPLIFY_TOLERANCE)
+    wanted = {spec["name"] for spec in input_signature(simplified)}
+    return simplified, {k: v for k, v in feeds.items() if k in wanted}, diff
+
+
+def compile_model(options: CompileOptions, progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
+    """Compile an ONNX file for a target and write the package; returns its folder and manifest."""
+    progress = progress or SilentProgress()
+    target = load_target(options.target)
+    original = load_onnx(options.model)
+    shapes, values = split_input_options(options.inputs)
+    name = options.name or f"{Path(options.model).stem}-{target.name}"
+    out_dir = Path(options.out) / name
+    check_output_folder(out_dir)
+    progress.stage("fixing shapes, simplifying and verifying with ONNX Runtime")
+    simplified, feeds, diff = prepare_graph(original, shapes, values)
+    with work_folder() as work:
+        onnx_path = work / "model.onnx"
+        onnx.save(simplified, str(onnx_path))
+        stats = model_stats(simplified)
+        if target.runs_here:
+            latency = measure_onnx(onnx_path, feeds, threads=target.threads)
+        else:
+            latency = predict_from_macs(target, stats["macs"])
+        progress.stage(f"compiling with TVM for {target.name}")
+        tvm = compile_with_tvm(simplified, target, work, feeds, run_onnxruntime(onnx_path, feeds))
+        engine, why = recommend_engine(latency, tvm)
+        manifest = base_manifest(name, "model", target, tvm.artifact.tvm_target if tvm.artifact else None)
+        manifest.update(
+            {
+                "inputs": input_signature(simplified),
+                "outputs": output_signature(simplified),
+                "preprocessing": None,
+                "labels": None,
+                "bound_inputs": {k: v.tolist() for k, v in values.items()},
+                "engines": {
+                    "onnxruntime": {"file": "model.onnx", "provider": target.ort_provider},
+                    "tvm": tvm.manifest_entry(),
+                },
+                "recommended_engine": engine,
+                "recommended_because": why,
+                "figures": {
+                    **stats,
+                    "model_bytes": onnx_path.stat().st_size,
+                    "simplified_max_abs_diff": diff,
+                    "latency": latency.to_dict() if latency else None,
+                    "tvm_latency": tvm.latency.to_dict() if tvm.latency else None,
+                },
+                "build": {"source_model": str(options.model), "input_specs": list(options.inputs)},
+            }
+        )
+        contents = PackageContents(manifest, {"model.onnx": onnx_path})
+        if tvm.artifact:
+            contents.files[tvm.artifact.path.name] = tvm.artifact.path
+        progress.stage(f"writing package {out_dir}")
+        write_package(out_dir, contents.manifest, contents.files, archive=options.archive)
+    return out_dir, read_manifest(out_dir)

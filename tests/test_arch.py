@@ -1,0 +1,29 @@
+import json
+
+import torch
+
+from edgefab.arch import ArchSpec, BlockSpec, round_channels
+from edgefab.factory.network import build_network
+from edgefab.factory.presets import simple_classifier
+
+
+def test_archspec_json_round_trip():
+    spec = simple_classifier((1, 28, 28), 10)
+    again = ArchSpec.from_dict(json.loads(spec.to_json()))
+    assert again == spec
+    assert spec.notation()[0] == "k3_e1"
+    assert BlockSpec(16, skip=True).notation() == "skip"
+
+
+def test_scaled_network_runs_and_shrinks():
+    spec = simple_classifier((3, 32, 32), 5)
+    small, big = build_network(spec.scaled(0.5)), build_network(spec)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(small) < count(big)
+    assert small(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_round_channels():
+    assert round_channels(16 * 0.35) == 8
+    assert round_channels(24) == 24
+    assert round_channels(100) == 104
