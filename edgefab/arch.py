@@ -62,6 +62,23 @@ class ArchSpec:
         """Per-block choices, e.g. ``["k3_e3", "skip", "k5_e6"]``."""
         return [b.notation() for b in self.blocks]
 
+    def macs(self) -> int:
+        """Multiply-accumulates of one inference, from the shapes alone (no torch, microseconds)."""
+        channels, height, width = self.input_shape
+        height, width = _strided(height, self.stem_stride), _strided(width, self.stem_stride)
+        total = height * width * self.stem_channels * channels * 9
+        cin = self.stem_channels
+        for block in self.blocks:
+            if block.skip:
+                continue
+            mid = cin * block.expand
+            expand = height * width * cin * mid if block.expand != 1 else 0
+            height, width = _strided(height, block.stride), _strided(width, block.stride)
+            depthwise = height * width * mid * block.kernel**2
+            total += expand + depthwise + height * width * mid * block.out_channels
+            cin = block.out_channels
+        return total + height * width * cin * self.head_channels + self.head_channels * self.num_classes
+
     def scaled(self, width: float) -> ArchSpec:
         """The same network with every channel count multiplied by ``width`` (rounded to 8)."""
         blocks = tuple(replace(b, out_channels=round_channels(b.out_channels * width)) for b in self.blocks)
@@ -72,6 +89,11 @@ class ArchSpec:
             head_channels=round_channels(self.head_channels * width),
             name=f"{self.name}-w{width:g}",
         )
+
+
+def _strided(size: int, stride: int) -> int:
+    """Output size of a "same"-padded convolution."""
+    return (size + stride - 1) // stride
 
 
 def round_channels(channels: float, divisor: int = 8) -> int:

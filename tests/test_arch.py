@@ -27,3 +27,12 @@ def test_round_channels():
     assert round_channels(16 * 0.35) == 8
     assert round_channels(24) == 24
     assert round_channels(100) == 104
+
+
+def test_spec_macs_match_the_exported_graph(tmp_path):
+    from edgefab.export.onnx_export import export_onnx
+    from edgefab.export.stats import count_macs
+
+    for spec in (simple_classifier((1, 28, 28), 10).scaled(0.5), simple_classifier((3, 64, 48), 7)):
+        model = export_onnx(build_network(spec), (1, *spec.input_shape), tmp_path / "m.onnx")
+        assert spec.macs() == count_macs(model)

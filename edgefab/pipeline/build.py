@@ -64,27 +64,31 @@ def model_latency(target: Target, onnx_path: Path, model: onnx.ModelProto) -> La
     return predict_from_macs(target, model_stats(model)["macs"])
 
 
-def choose_architecture(
-    base: ArchSpec, target: Target, budget_ms: float | None, work: Path
-) -> tuple[ArchSpec, LatencyFigure | None]:
+def candidate_latency(spec: ArchSpec, target: Target, work: Path) -> LatencyFigure | None:
+    """Latency of an (untrained: weights do not change it) candidate: measured here, else predicted."""
+    if not target.runs_here:
+        return predict_from_macs(target, spec.macs())
+    path = work / f"candidate-{spec.name}.onnx"
+    return model_latency(target, path, export_onnx(build_network(spec), (1, *spec.input_shape), path))
+
+
+def choose_architecture(base: ArchSpec, target: Target, budget_ms: float | None, work: Path) -> ArchSpec:
     """The widest member of the family whose latency on ``target`` meets ``budget_ms``."""
     if budget_ms is None:
-        return base, None
+        return base
     if budget_ms <= 0:
         raise EdgefabError(f"--latency-ms must be positive, got {budget_ms}")
-    figures = []
+    costs = []
     for width in WIDTHS:
         spec = base.scaled(width)
-        path = work / f"candidate-{width:g}.onnx"
-        model = export_onnx(build_network(spec), (1, *spec.input_shape), path)
-        figure = model_latency(target, path, model)
+        figure = candidate_latency(spec, target, work)
         if figure is None:
             raise EdgefabError(f"target {target.name} has no latency model; build without --latency-ms")
         if figure.ms <= budget_ms:
-            return spec, figure
-        figures.append(figure.ms)
+            return spec
+        costs.append(figure.ms)
     raise EdgefabError(
-        f"no model meets {budget_ms:g} ms on {target.name}: the smallest costs {min(figures):.3f} ms "
+        f"no model meets {budget_ms:g} ms on {target.name}: the smallest costs {min(costs):.3f} ms "
         f"({'measured' if target.runs_here else 'predicted'}); raise --latency-ms"
     )
 
@@ -115,7 +119,7 @@ def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path
     check_output_folder(out_dir)
     with work_folder() as work:
         progress.stage("choosing the architecture for the budget")
-        spec, _ = choose_architecture(
+        spec = choose_architecture(
             simple_classifier(train.input_shape, data.num_classes), target, options.latency_ms, work
         )
         progress.stage(f"training {spec.name} ({options.epochs} epochs)")
