@@ -36,3 +36,31 @@ def test_spec_macs_match_the_exported_graph(tmp_path):
     for spec in (simple_classifier((1, 28, 28), 10).scaled(0.5), simple_classifier((3, 64, 48), 7)):
         model = export_onnx(build_network(spec), (1, *spec.input_shape), tmp_path / "m.onnx")
         assert spec.macs() == count_macs(model)
+
+
+def test_runtime_imports_neither_torch_nor_build_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edgefab.runtime, edgefab.runtime.runner, edgefab.runtime.tvm_engine;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('edgefab.export', 'edgefab.factory',"
+        " 'edgefab.search', 'edgefab.pipeline'))];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_targets_know_nothing_of_higher_layers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edgefab.targets, edgefab.targets.latency;"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('edgefab.search', 'edgefab.factory',"
+        " 'edgefab.export', 'edgefab.pipeline'))];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -117,3 +117,34 @@ def test_nonpositive_budget(budget, tmp_path):
         invoke("build", "--target", "host", "--latency-ms", budget, "--out", tmp_path),
         "--latency-ms must be positive",
     )
+
+
+def test_build_with_budget_json(host_build, tmp_path):
+    result = invoke(
+        "build", "--target", "host", "--latency-ms", "1.0", "--data", "mnist", "--out", tmp_path, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["package"] == str(tmp_path / "mnist-host")
+    assert data["manifest"]["build"]["latency_budget_ms"] == 1.0
+    assert data["manifest"]["figures"]["accuracy"] >= 0.97
+
+
+def test_unwritable_output_cli(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(
+        invoke("build", "--target", "host", "--out", blocker / "sub"), "cannot create output folder"
+    )
+
+
+def test_console_script_exit_code_and_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    executable = Path(sys.executable).parent / "edgefab"  # the venv's console script
+    result = subprocess.run([executable, "targets", "show", "nokia"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: unknown target 'nokia'")
