@@ -11,6 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+ACTIVATIONS = ("relu6", "hswish")
+_BLOCK_DEFAULTS = {"se": False, "activation": "relu6"}
+
 
 @dataclass(frozen=True)
 class BlockSpec:
@@ -21,10 +24,26 @@ class BlockSpec:
     expand: int = 3
     stride: int = 1
     skip: bool = False  # the block is removed (only where its input and output shapes agree)
+    se: bool = False  # squeeze-and-excitation on the middle channels (reduced to a quarter, as MobileNetV3)
+    activation: str = "relu6"  # "relu6" or "hswish" (hard-swish), after the expand and depthwise convs
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"BlockSpec.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
 
     def notation(self) -> str:
-        """Single-Path NAS style name of the choice, e.g. ``k5_e6`` or ``skip``."""
-        return "skip" if self.skip else f"k{self.kernel}_e{self.expand}"
+        """Single-Path NAS style name of the choice, e.g. ``k5_e6``, ``k3_e4_se_hs`` or ``skip``."""
+        if self.skip:
+            return "skip"
+        return (
+            f"k{self.kernel}_e{self.expand}"
+            + ("_se" if self.se else "")
+            + ("_hs" if self.activation == "hswish" else "")
+        )
+
+    def se_channels(self, cin: int) -> int:
+        """Channels inside the squeeze-and-excitation bottleneck (a quarter of the middle, rounded to 8)."""
+        return round_channels(cin * self.expand / 4)
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,10 @@ class ArchSpec:
         """The spec as plain data."""
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
+        for block in data["blocks"]:  # optional fields at their defaults stay out: older JSON stays equal
+            for key, default in _BLOCK_DEFAULTS.items():
+                if block[key] == default:
+                    del block[key]
         return data
 
     def to_json(self) -> str:
@@ -76,11 +99,16 @@ class ArchSpec:
             height, width = _strided(height, block.stride), _strided(width, block.stride)
             depthwise = height * width * mid * block.kernel**2
             total += expand + depthwise + height * width * mid * block.out_channels
+            if block.se:  # two 1x1 convs on the pooled middle channels
+                total += 2 * mid * block.se_channels(cin)
             cin = block.out_channels
         return total + height * width * cin * self.head_channels + self.head_channels * self.num_classes
 
     def scaled(self, width: float) -> ArchSpec:
-        """The same network with every channel count multiplied by ``width`` (rounded to 8)."""
+        """The same network with every channel count multiplied by ``width`` (rounded to 8); width 1
+        gives the spec itself, so its trained weights are found in caches under the same key."""
+        if width == 1:
+            return self
         blocks = tuple(replace(b, out_channels=round_channels(b.out_channels * width)) for b in self.blocks)
         return replace(
             self,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from edgefab.arch import ArchSpec, BlockSpec
+from edgefab.errors import EdgefabError
 
 
 def conv_bn_act(
@@ -30,6 +31,10 @@ class MBConv(nn.Module):
 
     def __init__(self, cin: int, spec: BlockSpec):
         super().__init__()
+        if spec.se or spec.activation != "relu6":
+            raise EdgefabError(
+                f"block {spec.notation()}: squeeze-excitation and hard-swish are not built by the factory yet"
+            )
         mid = cin * spec.expand
         layers: list[nn.Module] = []
         if spec.expand != 1:

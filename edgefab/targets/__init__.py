@@ -91,10 +91,30 @@ def _parse(data: dict[str, Any], source: str) -> Target:
         raise EdgefabError(f"target file {source}: field 'processor' must be one of {_PROCESSORS}")
     if "kind" not in data["tvm"]:
         raise EdgefabError(f"target file {source}: field 'tvm.kind' is missing")
+    _check_latency(data.get("latency", {}), source)
     values = dict(data)
     values["aliases"] = tuple(values.get("aliases", ()))
     values["cross_compilers"] = tuple(values.get("cross_compilers", ()))
     return Target(**values, source=source)
+
+
+_LATENCY_MODELS = ("measured", "published-spnas", "published-ofa", "roofline")
+_ROOFLINE_FIELDS = ("peak_gflops", "bandwidth_gbs", "launch_us")
+
+
+def _check_latency(latency: dict[str, Any], source: str) -> None:
+    """The ``[latency]`` table: ``model`` names a known model, a roofline has its peak figures."""
+    model = latency.get("model")
+    if model is None:
+        return
+    if model not in _LATENCY_MODELS:
+        raise EdgefabError(f"target file {source}: field 'latency.model' must be one of {_LATENCY_MODELS}")
+    for key in _ROOFLINE_FIELDS if model == "roofline" else ():
+        if key not in latency:
+            raise EdgefabError(f"target file {source}: missing field 'latency.{key}' (model 'roofline')")
+        value = latency[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise EdgefabError(f"target file {source}: field 'latency.{key}' must be a positive number")
 
 
 def _read_toml(path: Path) -> Target:

@@ -1,8 +1,15 @@
-"""Latency of a model on a target: measured where the target is this machine, predicted elsewhere.
+"""Latency of a model on a target, with where the figure comes from.
 
-v1 predictor: a power law ``ms = a * MACs**b`` fitted to the target's published whole-network
-calibration points. It says where its figure comes from; per-layer models replace it for the
-phone targets.
+One interface serves search, factory and reports: :func:`latency_model` gives a target's
+:class:`LatencyModel`, whose :meth:`~LatencyModel.predict` costs an :class:`~edgefab.arch.ArchSpec`
+(microseconds: a dictionary look-up per layer) and :meth:`~LatencyModel.predict_onnx` an ONNX
+graph, each as total milliseconds plus a per-layer breakdown. Per target the layers' costs come
+from a published table (``pixel``, ``note10``), a table measured on the device (``host``, any
+device over TVM RPC: :mod:`edgefab.targets.measured`), or an uncalibrated roofline estimate from
+the chip's peak figures (``pixel-gpu``, ``rpi4`` until profiled). Layers a table lacks get a
+per-op model fitted to that table (:mod:`edgefab.targets.opmodel`).
+
+The v1 helpers (``predict_from_macs``, ``measure_onnx``, ``time_calls``) stay for the pipeline.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefab.errors import EdgefabError
 from edgefab.targets import Target
+from edgefab.targets.model import LatencyModel, LayerCost, Prediction  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -83,3 +92,52 @@ def measure_onnx(
         source="measured",
         method=f"ONNX Runtime {ort.__version__} CPU on this machine, {thread_note}, median of {runs}",
     )
+
+
+MODELS = ("measured", "published-spnas", "published-ofa", "roofline")
+
+
+def roofline_model(target: Target) -> LatencyModel:
+    """An uncalibrated estimate from the chip's peak figures: MACs at peak rate, bytes at peak bandwidth."""
+    from edgefab.targets.opmodel import FEATURES, OpModel
+
+    spec = target.latency
+    per_mmac = 2.0 / float(spec["peak_gflops"])  # ms per million MACs
+    per_mb = 1.0 / float(spec["bandwidth_gbs"])  # ms per MB
+    values = {"dense_macs": per_mmac, "pw_macs": per_mmac, "dw_macs": per_mmac, "act_mb": per_mb,
+              "weight_mb": per_mb, "kernels": float(spec["launch_us"]) / 1e3}  # fmt: skip
+    model = OpModel(tuple(values[name] for name in FEATURES), 0)
+    method = (f"roofline sum at {spec['peak_gflops']:g} GFLOP/s, {spec['bandwidth_gbs']:g} GB/s, "
+              f"{spec['launch_us']:g} us per kernel ({spec.get('provenance', 'peak figures')})")  # fmt: skip
+    return LatencyModel(target, "uncalibrated estimate", method, {}, model, fallback_source="estimate")
+
+
+def latency_model(
+    target: Target | str, runtime: str | None = None, threads: int | None = None
+) -> LatencyModel:
+    """The target's latency model: a measured table where one is cached, else what its TOML names."""
+    from edgefab.targets import load_target
+    from edgefab.targets.measured import measured_model
+
+    target = target if isinstance(target, Target) else load_target(target)
+    kind = target.latency.get("model", "measured" if target.runs_here else "")
+    measured = measured_model(target, runtime or "onnxruntime", threads)
+    if measured is not None and (kind == "measured" or measured.table):
+        return measured
+    if runtime not in (None, "onnxruntime") or kind == "measured":
+        how = f"--runtime {runtime}" if target.runs_here else "--rpc HOST:PORT --key KEY"
+        raise EdgefabError(
+            f"target {target.name} has no measured latency table for {runtime or 'onnxruntime'}; "
+            f"make one with: edgefab profile --target {target.name} {how}"
+        )
+    if kind == "published-spnas":
+        from edgefab.targets.published import pixel_model
+
+        return pixel_model(target)
+    if kind == "published-ofa":
+        from edgefab.targets.published import note10_model
+
+        return note10_model(target)
+    if kind == "roofline":
+        return roofline_model(target)
+    raise EdgefabError(f"target {target.name} names no latency model (its [latency] table lacks 'model')")

@@ -1,0 +1,157 @@
+"""How well edgefab's latency models predict real latencies (issue 3's figures).
+
+* host: profile the Single-Path NAS space at 224x224 with ONNX Runtime (1 and 2 threads), then
+  predict N random architectures of the space and measure each one, exported from PyTorch by the
+  factory (not the graphs the profiler built), with ONNX Runtime. Also measures each network twice
+  to show the measurement's own repeatability on this (shared) machine.
+* pixel: leave-one-out on the five published MobileNetV2 Pixel 1 latencies (the per-op model is
+  refitted without the held-out network), with and without the MobileNetV2 calibration.
+* note10: leave-one-resolution-out on the Once-for-All Note10 LUT (per-op model fitted on four
+  resolutions, predicting every block of the fifth).
+
+    python benchmarks/latency_fidelity.py [--networks 50] [--threads 1 2] [--skip-host] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def shares(predicted, measured) -> dict:
+    """nn-Meter's figures: RMSE (ms and relative) and the shares within 5/10/15 %."""
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    rel = p / m - 1
+    return {
+        "n": len(m),
+        "rmse_ms": float(np.sqrt(np.mean((p - m) ** 2))),
+        "rmse_percent": float(100 * np.sqrt(np.mean(rel**2))),
+        **{f"within_{k}": float(np.mean(np.abs(rel) <= k / 100)) for k in (5, 10, 15)},
+    }
+
+
+def row(name: str, s: dict) -> str:
+    within = " | ".join(f"{100 * s[f'within_{k}']:.0f} %" for k in (5, 10, 15))
+    return f"| {name} | {s['n']} | {s['rmse_ms']:.3f} | {s['rmse_percent']:.1f} % | {within} |"
+
+
+HEADER = (
+    "| case | n | RMSE (ms) | RMSE (rel.) | +-5 % | +-10 % | +-15 % |\n"
+    "| --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def host(networks: int, threads_list: list[int], seed: int) -> dict:
+    """Profile, then predicted vs measured for random architectures, per thread count."""
+    from edgefab.export.onnx_export import export_onnx
+    from edgefab.factory.network import build_network
+    from edgefab.targets import load_target
+    from edgefab.targets.latency import latency_model
+    from edgefab.targets.measured import measure_model, random_spec
+    from edgefab.targets.profiling import profile
+    from edgefab.targets.published import spnas_spec
+
+    base, target = spnas_spec(), load_target("host")
+    rng = np.random.default_rng(seed)
+    specs = [random_spec(base, rng) for _ in range(networks)]
+    with tempfile.TemporaryDirectory() as work:
+        start = time.time()
+        folder = Path(work)
+        shape = (1, *base.input_shape)
+        models = [export_onnx(build_network(s), shape, folder / f"n{i}.onnx") for i, s in enumerate(specs)]
+        print(f"exported {networks} networks from PyTorch in {time.time() - start:.0f} s", file=sys.stderr)
+        results = {}
+        for threads in threads_list:
+            start = time.time()
+            table, _ = profile(target, base, threads=threads)
+            model = latency_model(target, threads=threads)
+            predicted = [model.total_ms(s) for s in specs]
+            first = [measure_model(m, threads) for m in models]
+            second = [measure_model(m, threads) for m in models]
+            results[f"{threads} thread(s)"] = {
+                "prediction": shares(predicted, first),
+                "repeat_measurement": shares(second, first),
+                "overhead": table.overhead,
+                "layers_profiled": len(table.layers),
+                "mean_measured_ms": float(np.mean(first)),
+                "seconds": round(time.time() - start),
+            }
+            print(f"host, {threads} thread(s): done in {time.time() - start:.0f} s", file=sys.stderr)
+    return results
+
+
+def pixel() -> dict:
+    """Leave-one-out on the published MobileNetV2 Pixel 1 latencies."""
+    from edgefab.targets.latency import latency_model
+    from edgefab.targets.opmodel import OpModel
+    from edgefab.targets.published import MOBILENET_V2_PIXEL1, mobilenet_v2_spec, pixel_fit_rows, pixel_tables
+
+    rows, loo, table_only = [], [], []
+    table_fit = OpModel.fit(*[part[: -len(MOBILENET_V2_PIXEL1)] for part in pixel_fit_rows()])
+    for width, published in MOBILENET_V2_PIXEL1.items():
+        table, positional, fitted = pixel_tables(exclude=[width])
+        model = latency_model("pixel").with_parts(table=table, positional=positional, fallback=fitted)
+        predicted = model.total_ms(mobilenet_v2_spec(width))
+        table_only_model = latency_model("pixel").with_parts(fallback=table_fit)
+        uncalibrated = table_only_model.total_ms(mobilenet_v2_spec(width))
+        loo.append(predicted)
+        table_only.append(uncalibrated)
+        rows.append(
+            {"width": width, "published_ms": published, "loo_ms": predicted, "table_only_ms": uncalibrated}
+        )
+    measured = list(MOBILENET_V2_PIXEL1.values())
+    return {"networks": rows, "loo": shares(loo, measured), "table_only": shares(table_only, measured)}
+
+
+def note10() -> dict:
+    """Leave-one-resolution-out on the Note10 LUT: the per-op model against blocks it never saw."""
+    from importlib import resources
+
+    from edgefab.targets.published import _layer_from_ofa, _parse_ofa_yaml, note10_fit
+
+    folder = resources.files("edgefab.targets").joinpath("tables", "note10_ofa_lut")
+    results = {}
+    for resolution in (160, 176, 192, 208, 224):
+        held = _parse_ofa_yaml(folder.joinpath(f"note10_{resolution}.yaml").read_text())
+        fit = note10_fit(exclude=list(held))
+        results[resolution] = shares([fit.layer_ms(_layer_from_ofa(k)) for k in held], list(held.values()))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", type=int, default=50)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-host", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    report = {"pixel": pixel(), "note10": note10()}
+    if not args.skip_host:
+        report["host"] = host(args.networks, args.threads, args.seed)
+    print(HEADER)
+    for name, result in report.get("host", {}).items():
+        print(row(f"host, ONNX Runtime, {name}: predicted vs measured", result["prediction"]))
+        print(row(f"host, ONNX Runtime, {name}: measured vs measured again", result["repeat_measurement"]))
+    print(row("pixel, MobileNetV2 leave-one-out", report["pixel"]["loo"]))
+    print(row("pixel, MobileNetV2, table-only fit", report["pixel"]["table_only"]))
+    for resolution, result in report["note10"].items():
+        print(row(f"note10 LUT, held-out resolution {resolution}", result))
+    print("\n| MobileNetV2 | published (ms) | leave-one-out (ms) | error | table-only fit (ms) | error |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in report["pixel"]["networks"]:
+        loo, only = (100 * (r[k] / r["published_ms"] - 1) for k in ("loo_ms", "table_only_ms"))
+        print(f"| {r['width']} | {r['published_ms']} | {r['loo_ms']:.1f} | {loo:+.1f} % "
+              f"| {r['table_only_ms']:.1f} | {only:+.1f} % |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

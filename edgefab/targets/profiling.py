@@ -1,0 +1,215 @@
+"""``edgefab profile``: measure a target's per-layer table (ONNX Runtime here, TVM here or over RPC).
+
+The TVM path compiles each layer for the target's TVM target, uploads the library to the device
+(a TVM RPC server reached through a tracker, or this process for ``--runtime tvm`` without RPC),
+and times it there with ``time_evaluator``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgefab.arch import ArchSpec
+from edgefab.errors import EdgefabError
+from edgefab.targets import Target
+from edgefab.targets.graphs import layers_graph, random_input
+from edgefab.targets.layers import Layer, spec_layers
+from edgefab.targets.measured import (
+    PERCENTILE,
+    RUN_PROBE,
+    MeasuredTable,
+    OrtMeasurer,
+    random_spec,
+    resolve_threads,
+    runtime_version,
+    space_layers,
+    table_path,
+)
+from edgefab.targets.model import DEFAULT_CANDIDATES
+
+
+class Progress(Protocol):
+    """What profiling reports to (the CLI's progress bar)."""
+
+    def stage(self, description: str) -> None: ...
+    def advance(self, done: int, total: int) -> None: ...
+
+
+class _Quiet:
+    def stage(self, description: str) -> None:
+        pass
+
+    def advance(self, done: int, total: int) -> None:
+        pass
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> ``(host, port)``."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise EdgefabError(f"--rpc must be HOST:PORT (e.g. 127.0.0.1:9190), got '{address}'")
+    return host, int(port)
+
+
+def connect_tracker(address: str, key: str, timeout_s: float = 10.0) -> Any:
+    """A TVM RPC session to a server registered under ``key`` at the tracker ``address``."""
+    from tvm import rpc
+
+    host, port = parse_address(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise EdgefabError(
+            f"cannot reach the TVM RPC tracker at {address} ({reason}; waited up to {timeout_s:g} s)"
+        ) from None
+    tracker = rpc.connect_tracker(host, port)
+    deadline = time.monotonic() + timeout_s
+    while True:  # a server may take a moment to register
+        keys = sorted(tracker.summary().get("queue_info", {}))
+        if key in keys:
+            return tracker.request(key, priority=1, session_timeout=0, max_retry=3)
+        if time.monotonic() > deadline:
+            raise EdgefabError(f"no RPC server with key '{key}' at the tracker {address} "
+                               f"(registered keys: {', '.join(keys) or 'none'})")  # fmt: skip
+        time.sleep(0.25)
+
+
+class TvmMeasurer:
+    """Times layers compiled by TVM on the session's device (``number`` x ``repeat``, median)."""
+
+    def __init__(self, target: Target, session: Any, work: Path, budget_ms: float = 200.0):
+        import tvm
+        from tvm.target import codegen
+
+        tvm_target = dict(target.tvm)
+        if tvm_target.get("mcpu") == "native":
+            tvm_target["mcpu"] = codegen.llvm_get_system_cpu()
+        self.tvm_target = tvm.target.Target(tvm_target)
+        self.session, self.work, self.budget_ms, self.count = session, work, budget_ms, 0
+        self.export_args = _export_args(target)
+
+    def timer(self, layers: Sequence[Layer]) -> Callable[[], list[float]]:
+        """Compile ``layers`` as one graph and load it on the device; a function timing one round."""
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        feed = random_input(layers[0])
+        executable = tvm.compile(from_onnx(layers_graph(layers)), self.tvm_target)
+        self.count += 1
+        path = self.work / f"layer{self.count}.so"
+        executable.export_library(str(path), **self.export_args)
+        self.session.upload(str(path))
+        device = self.session.cpu()
+        vm = relax.VirtualMachine(self.session.load_module(path.name), device)
+        data = tvm.runtime.tensor(feed, device)
+        repeat_ms = max(1, int(self.budget_ms / 5))
+        timer = vm.time_evaluator("main", device, number=1, repeat=5, min_repeat_ms=repeat_ms)
+        return lambda: [float(t) * 1e3 for t in timer(data).results]
+
+
+def _export_args(target: Target) -> dict[str, Any]:
+    """``export_library`` arguments: the host compiler here, else the target's cross compiler."""
+    if target.runs_here or "mtriple" not in target.tvm:
+        return {}
+    from tvm.support import cc, ndk
+
+    for entry in target.cross_compilers:
+        if entry == "$TVM_NDK_CC" and os.environ.get("TVM_NDK_CC"):
+            return {"fcompile": ndk.create_shared}
+        name = os.environ.get(entry[1:], "") if entry.startswith("$") else entry
+        if name and shutil.which(name):
+            return {"fcompile": cc.cross_compiler(name)}
+    raise EdgefabError(f"target {target.name}: no cross compiler found to link layers for the device "
+                       f"(tried: {', '.join(target.cross_compilers) or 'none'})")  # fmt: skip
+
+
+def profile(
+    target: Target,
+    base: ArchSpec,
+    runtime: str = "onnxruntime",
+    threads: int | None = None,
+    rpc: str | None = None,
+    key: str | None = None,
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    networks: int = 10,
+    seed: int = 0,
+    progress: Progress | None = None,
+    timeout_s: float = 10.0,
+    rounds: int = 3,
+) -> tuple[MeasuredTable, Path]:
+    """Measure every layer of the space around ``base`` and fit the overhead; returns the cached table."""
+    progress = progress or _Quiet()
+    if rpc is not None:
+        runtime = "tvm"
+        if not key:
+            raise EdgefabError("--rpc needs --key: the key the device's RPC server registered with")
+    elif not target.runs_here:
+        raise EdgefabError(f"target {target.name} is not this machine: profile it over TVM RPC with "
+                           f"--rpc HOST:PORT --key KEY")  # fmt: skip
+    count = resolve_threads(target, threads)
+    path = table_path(target, runtime, count)
+    device = f"RPC key '{key}' via {rpc}" if rpc else "this machine"
+    table = MeasuredTable.load(path) if path.is_file() else MeasuredTable(
+        target.name, runtime_version(runtime), count, device)  # fmt: skip
+    table.device = device
+    layers = space_layers(base, candidates)
+    rng = np.random.default_rng(seed)
+    specs = [base] + [random_spec(base, rng, candidates) for _ in range(networks - 1)]
+    nets = [spec_layers(spec) for spec in specs]
+    with tempfile.TemporaryDirectory(prefix="edgefab-profile-") as work:
+        measurer = _measurer(target, runtime, count, rpc, key, Path(work), timeout_s)
+        groups = [[RUN_PROBE]] + [[layer] for layer in layers] + nets
+        version = runtime_version(runtime)
+        progress.stage(f"preparing {len(layers)} layers and {len(nets)} networks ({version})")
+        timers = []
+        for done, group in enumerate(groups, 1):
+            timers.append(measurer.timer(group))
+            progress.advance(done, len(groups))
+        progress.stage(f"timing on {device}, {rounds} interleaved rounds")
+        values = _rounds(timers, rounds, progress)
+    run, layer_ms, net_ms = values[0], values[1 : len(layers) + 1], values[len(layers) + 1 :]
+    table.layers.update({layer.key(): max(0.0, ms - run) for layer, ms in zip(layers, layer_ms, strict=True)})
+    table.networks = [
+        {"layers": len(net), "sum_ms": sum(table.layers[layer.key()] for layer in net), "measured_ms": ms}
+        for net, ms in zip(nets, net_ms, strict=True)
+    ]
+    table.overhead = (run, 0.0)
+    table.fit_overhead()
+    table.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    table.save(path)
+    return table, path
+
+
+def _rounds(timers: Sequence[Callable[[], list[float]]], rounds: int, progress: Progress) -> list[float]:
+    """``measure_rounds`` with progress per timer and round."""
+    samples: list[list[float]] = [[] for _ in timers]
+    total = rounds * len(timers)
+    for round_index in range(rounds):
+        for index, timer in enumerate(timers):
+            samples[index] += timer()
+            progress.advance(round_index * len(timers) + index + 1, total)
+    return [float(np.percentile(values, PERCENTILE)) for values in samples]
+
+
+def _measurer(target: Target, runtime: str, threads: int, rpc: str | None, key: str | None,
+              work: Path, timeout_s: float):  # fmt: skip
+    if runtime == "onnxruntime":
+        return OrtMeasurer(threads)
+    if runtime != "tvm":
+        runtime_version(runtime)  # raises the one-line error
+    if rpc is not None:
+        return TvmMeasurer(target, connect_tracker(rpc, key or "", timeout_s), work)
+    from tvm import rpc as tvm_rpc
+
+    return TvmMeasurer(target, tvm_rpc.LocalSession(), work)
