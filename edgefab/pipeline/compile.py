@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgefab.compress.report import REPORT_FILE
 from edgefab.export.graph import (
     bind_inputs,
     fix_input_shapes,
@@ -24,6 +25,7 @@ from edgefab.export.graph import (
 )
 from edgefab.export.stats import model_stats
 from edgefab.pipeline.common import (
+    TVM_TOLERANCE,
     PackageContents,
     Progress,
     SilentProgress,
@@ -32,6 +34,7 @@ from edgefab.pipeline.common import (
     recommend_engine,
     work_folder,
 )
+from edgefab.pipeline.quantize import make_request, quantize_model
 from edgefab.runtime.package import check_output_folder, read_manifest, write_package
 from edgefab.targets import load_target
 from edgefab.targets.latency import measure_onnx, predict_from_macs
@@ -49,6 +52,11 @@ class CompileOptions:
     out: Path = Path("build")
     name: str | None = None
     archive: bool = False
+    quantize: str | None = None  # "int8": see edgefab.pipeline.quantize
+    max_accuracy_drop: float = 1.0  # points of agreement with the float model int8 may lose
+    calibration: str = "minmax"
+    exclude_nodes: tuple[str, ...] = ()
+    calibration_data: Path | None = None  # .npz/.npy of model inputs; default: seeded random inputs
 
 
 def split_input_options(specs: list[str]) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
@@ -82,6 +90,13 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     target = load_target(options.target)
     original = load_onnx(options.model)
     shapes, values = split_input_options(options.inputs)
+    request = make_request(
+        options.quantize,
+        options.max_accuracy_drop,
+        options.calibration,
+        options.exclude_nodes,
+        options.calibration_data,
+    )
     name = options.name or f"{Path(options.model).stem}-{target.name}"
     out_dir = Path(options.out) / name
     check_output_folder(out_dir)
@@ -91,12 +106,19 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         onnx_path = work / "model.onnx"
         onnx.save(simplified, str(onnx_path))
         stats = model_stats(simplified)
+        shipped, shipped_proto, quantized = onnx_path, simplified, None
+        if request is not None:
+            progress.stage(f"quantizing to {request.method}, checking agreement on held-out samples")
+            quantized = quantize_model(request, onnx_path, target, input_signature(simplified), work)
+            shipped, shipped_proto = quantized.path, quantized.model
         if target.runs_here:
-            latency = measure_onnx(onnx_path, feeds, threads=target.threads)
+            latency = measure_onnx(shipped, feeds, threads=target.threads)
         else:
             latency = predict_from_macs(target, stats["macs"])
         progress.stage(f"compiling with TVM for {target.name}")
-        tvm = compile_with_tvm(simplified, target, work, feeds, run_onnxruntime(onnx_path, feeds))
+        tolerance = quantized.tvm_tolerance if quantized else TVM_TOLERANCE
+        reference = run_onnxruntime(shipped, feeds)
+        tvm = compile_with_tvm(shipped_proto, target, work, feeds, reference, tolerance)
         engine, why = recommend_engine(latency, tvm)
         manifest = base_manifest(name, "model", target, tvm.artifact.tvm_target if tvm.artifact else None)
         manifest.update(
@@ -114,7 +136,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
                 "recommended_because": why,
                 "figures": {
                     **stats,
-                    "model_bytes": onnx_path.stat().st_size,
+                    "model_bytes": shipped.stat().st_size,
                     "simplified_max_abs_diff": diff,
                     "latency": latency.to_dict() if latency else None,
                     "tvm_latency": tvm.latency.to_dict() if tvm.latency else None,
@@ -122,7 +144,10 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
                 "build": {"source_model": str(options.model), "input_specs": list(options.inputs)},
             }
         )
-        contents = PackageContents(manifest, {"model.onnx": onnx_path})
+        contents = PackageContents(manifest, {"model.onnx": shipped})
+        if quantized:
+            quantized.annotate(manifest)
+            contents.files[REPORT_FILE] = quantized.report_path
         if tvm.artifact:
             contents.files[tvm.artifact.path.name] = tvm.artifact.path
         progress.stage(f"writing package {out_dir}")
