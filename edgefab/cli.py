@@ -13,6 +13,16 @@ import typer
 from rich.table import Table
 
 from edgefab.console import RichProgress, emit, key_value_table, user_errors
+from edgefab.quantize_cli import (
+    CalibrationDataOption,
+    CalibrationOption,
+    ExcludeOption,
+    MaxDropOption,
+    QuantizeOption,
+    quantization_rows,
+    quantize_app,
+)
+from edgefab.search_cli import search_app
 
 app = typer.Typer(
     help="Turn a task and a device budget into a verified on-device runtime package.",
@@ -24,6 +34,8 @@ targets_app = typer.Typer(help="Device profiles.", no_args_is_help=True)
 package_app = typer.Typer(help="Inspect, verify and run packages.", no_args_is_help=True)
 app.add_typer(targets_app, name="targets")
 app.add_typer(package_app, name="package")
+app.add_typer(quantize_app, name="quantize")
+app.add_typer(search_app, name="search")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name or path to a target .toml.")]
@@ -61,7 +73,7 @@ def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]
             f"{manifest.get('recommended_engine')} ({manifest.get('recommended_because')})",
         ),
     ]
-    return rows
+    return rows + quantization_rows(manifest)
 
 
 @app.command()
@@ -81,13 +93,22 @@ def build(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Train again even if a cached model exists.")
     ] = False,
+    quantize: QuantizeOption = None,
+    max_accuracy_drop: MaxDropOption = 1.0,
+    calibration: CalibrationOption = "minmax",
+    exclude_nodes: ExcludeOption = None,
+    calibration_data: CalibrationDataOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train (or load) a model for the task and package it for the target."""
     from edgefab.pipeline.build import BuildOptions
     from edgefab.pipeline.build import build as run_build
 
-    options = BuildOptions(target, data, out, latency_ms, epochs, seed, archive, use_cache=not no_cache)
+    options = BuildOptions(
+        target, data, out, latency_ms, epochs, seed, archive, use_cache=not no_cache, quantize=quantize,
+        max_accuracy_drop=max_accuracy_drop, calibration=calibration,
+        exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
+    )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = run_build(options, progress)
     emit(
@@ -109,12 +130,21 @@ def compile_command(
     out: OutOption = Path("build"),
     name: Annotated[str | None, typer.Option(help="Package name (default: <model>-<target>).")] = None,
     archive: ArchiveOption = False,
+    quantize: QuantizeOption = None,
+    max_accuracy_drop: MaxDropOption = 1.0,
+    calibration: CalibrationOption = "minmax",
+    exclude_nodes: ExcludeOption = None,
+    calibration_data: CalibrationDataOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compile any ONNX model for a target: fix shapes, simplify, verify, TVM, package."""
     from edgefab.pipeline.compile import CompileOptions, compile_model
 
-    options = CompileOptions(model, target, list(inputs or []), out, name, archive)
+    options = CompileOptions(
+        model, target, list(inputs or []), out, name, archive, quantize=quantize,
+        max_accuracy_drop=max_accuracy_drop, calibration=calibration,
+        exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
+    )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = compile_model(options, progress)
     emit(
@@ -127,17 +157,17 @@ def compile_command(
 @targets_app.command("list")
 @user_errors
 def targets_list(as_json: JsonOption = False) -> None:
-    """List the built-in targets."""
+    """List the built-in targets: device, runtime, where latency figures come from."""
     from edgefab.targets import list_targets
+    from edgefab.targets.reports import target_row
 
-    targets = list_targets()
+    rows = [target_row(t) for t in list_targets()]
     table = Table(title="targets", title_justify="left")
-    for column in ("name", "aliases", "device", "processor", "TVM target", "latency"):
+    for column in rows[0]:
         table.add_column(column, overflow="fold")
-    for t in targets:
-        latency = f"{t.latency.get('source', '-')}: {t.latency.get('provenance', '')}"
-        table.add_row(t.name, ", ".join(t.aliases), t.device, t.processor, str(t.tvm), latency)
-    emit([t.to_dict() for t in targets], as_json, table)
+    for row in rows:
+        table.add_row(*map(str, row.values()))
+    emit([t.to_dict() for t in list_targets()], as_json, table)
 
 
 @targets_app.command("show")
@@ -151,6 +181,61 @@ def targets_show(
 
     data = load_target(name).to_dict()
     emit(data, as_json, key_value_table(f"target {data['name']}", list(data.items())))
+
+
+@app.command()
+@user_errors
+def latency(
+    model: Annotated[Path, typer.Argument(help="ONNX model file (static shapes).")],
+    target: TargetOption = "pixel",
+    measure: Annotated[bool, typer.Option("--measure", help="Also time it here (host only).")] = False,
+    threads: Annotated[int | None, typer.Option(help="Threads (default: the target's).")] = None,
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="NAME:D1,D2,... fixes an input's shape.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Predicted latency of a model on a target: total, per layer, and where the figure comes from."""
+    from edgefab.targets.reports import latency_report, summary_rows
+
+    with RichProgress(enabled=not as_json) as progress:
+        progress.stage(f"costing {model.name} on {target}")
+        report = latency_report(model, target, measure, threads, inputs or [])
+    table = Table(title=f"edgefab latency: {report['target']}", title_justify="left")
+    for column in ("layer", "shape", "ms", "source"):
+        table.add_column(column, overflow="fold")
+    for layer in report["layers"]:
+        table.add_row(layer["name"], layer["layer"], f"{layer['ms']:.3f}", layer["source"])
+    if not as_json:
+        emit(report, False, table)
+    emit(report, as_json, key_value_table("summary", summary_rows(report)))
+
+
+@app.command()
+@user_errors
+def profile(
+    target: TargetOption = "host",
+    rpc: Annotated[str | None, typer.Option(help="TVM RPC tracker HOST:PORT of the device.")] = None,
+    key: Annotated[str | None, typer.Option(help="Key the device's RPC server registered with.")] = None,
+    runtime: Annotated[str, typer.Option(help="onnxruntime or tvm (always tvm over --rpc).")] = "onnxruntime",
+    space: Annotated[str, typer.Option(help="Space to measure: spnas, mobilenetv2.")] = "spnas",
+    resolution: Annotated[int, typer.Option(help="Input resolution of the space.")] = 224,
+    threads: Annotated[int | None, typer.Option(help="Threads (default: the target's; 0: all).")] = None,
+    networks: Annotated[int, typer.Option(min=2, help="Whole networks timed to fit the overhead.")] = 10,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the RPC tracker.")] = 10.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Build or refresh a target's per-layer latency table by measurement (here, or over TVM RPC)."""
+    from edgefab.targets import load_target
+    from edgefab.targets.profiling import profile as run_profile
+    from edgefab.targets.reports import profile_base, profile_report
+
+    profile_target, base = load_target(target), profile_base(space, resolution)
+    with RichProgress(enabled=not as_json) as progress:
+        table, path = run_profile(profile_target, base, runtime, threads, rpc, key, networks=networks,
+                                  progress=progress, timeout_s=timeout)  # fmt: skip
+    report = profile_report(table, path)
+    emit(report, as_json, key_value_table(f"edgefab profile: {table.target}", list(report.items())))
 
 
 @package_app.command("inspect")

@@ -78,9 +78,10 @@ def _cache_key(spec: ArchSpec, data: Dataset, prep: dict, config: TrainConfig) -
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _train(
-    model: nn.Module, data: Dataset, prep: dict, config: TrainConfig, progress: ProgressFn | None
+def fit(
+    model: nn.Module, data: Dataset, prep: dict, config: TrainConfig, progress: ProgressFn | None = None
 ) -> None:
+    """Train ``model`` in place: AdamW, one-cycle schedule, label smoothing; ends in eval mode."""
     torch.manual_seed(config.seed)
     images = torch.from_numpy(to_float(data.images, prep))
     labels = torch.from_numpy(data.labels.astype(np.int64))
@@ -125,7 +126,7 @@ def train_classifier(
         model.eval()
         return TrainResult(model, cached=True, cache_key=key, train_seconds=0.0)
     start = time.perf_counter()
-    _train(model, train, prep, config, progress)
+    fit(model, train, prep, config, progress)
     seconds = time.perf_counter() - start
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,3 +146,22 @@ def evaluate_accuracy(model: nn.Module, data: Dataset, prep: dict, batch_size: i
         predicted = model(images).argmax(1).numpy()
         correct += int((predicted == data.labels[start : start + batch_size]).sum())
     return correct / max(1, len(data.labels))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, data: Dataset, prep: dict, samples: int = 2048, batch_size: int = 256
+) -> None:
+    """Re-estimate every batch-norm's running statistics on ``data`` (as Once-for-All does for a
+    sub-network taken from a supernet, whose inherited statistics belong to the whole supernet)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    model.train()
+    images = to_float(data.images[:samples], prep)
+    for start in range(0, len(images), batch_size):
+        model(torch.from_numpy(images[start : start + batch_size]))
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()

@@ -15,15 +15,17 @@ import numpy as np
 import onnx
 
 from edgefab.arch import ArchSpec
+from edgefab.compress.report import REPORT_FILE
 from edgefab.data import Dataset, load_dataset, normalization, to_float, train_val_split
 from edgefab.errors import EdgefabError
-from edgefab.export.graph import run_onnxruntime
+from edgefab.export.graph import input_signature, run_onnxruntime
 from edgefab.export.onnx_export import INPUT_NAME, export_onnx, onnx_parity
 from edgefab.export.stats import model_stats
 from edgefab.factory.network import build_network
 from edgefab.factory.presets import WIDTHS, simple_classifier
 from edgefab.factory.train import TrainConfig, evaluate_accuracy, train_classifier
 from edgefab.pipeline.common import (
+    TVM_TOLERANCE,
     PackageContents,
     Progress,
     SilentProgress,
@@ -32,9 +34,15 @@ from edgefab.pipeline.common import (
     recommend_engine,
     work_folder,
 )
+from edgefab.pipeline.quantize import (
+    QuantizeRequest,
+    classifier_calibration,
+    make_request,
+    quantize_classifier,
+)
 from edgefab.runtime.package import check_output_folder, read_manifest, write_package
 from edgefab.targets import Target, load_target
-from edgefab.targets.latency import LatencyFigure, measure_onnx, predict_from_macs
+from edgefab.targets.latency import LatencyFigure, latency_model, measure_onnx
 
 PARITY_TOLERANCE = 1e-4
 PARITY_SAMPLES = 32
@@ -52,6 +60,11 @@ class BuildOptions:
     seed: int = 0
     archive: bool = False
     use_cache: bool = True
+    quantize: str | None = None  # "int8": see edgefab.pipeline.quantize
+    max_accuracy_drop: float = 1.0  # points of validation accuracy int8 may lose
+    calibration: str = "minmax"
+    exclude_nodes: tuple[str, ...] = ()
+    calibration_data: Path | None = None  # default: a seeded sample of the training split
 
 
 def model_latency(target: Target, onnx_path: Path, model: onnx.ModelProto) -> LatencyFigure | None:
@@ -61,13 +74,13 @@ def model_latency(target: Target, onnx_path: Path, model: onnx.ModelProto) -> La
         shape = [d.dim_value for d in signature]
         feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         return measure_onnx(onnx_path, feeds, threads=target.threads)
-    return predict_from_macs(target, model_stats(model)["macs"])
+    return latency_model(target).predict_onnx(model).figure()
 
 
 def candidate_latency(spec: ArchSpec, target: Target, work: Path) -> LatencyFigure | None:
     """Latency of an (untrained: weights do not change it) candidate: measured here, else predicted."""
     if not target.runs_here:
-        return predict_from_macs(target, spec.macs())
+        return latency_model(target).predict(spec).figure()
     path = work / f"candidate-{spec.name}.onnx"
     return model_latency(target, path, export_onnx(build_network(spec), (1, *spec.input_shape), path))
 
@@ -110,6 +123,13 @@ def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path
     """Run the whole pipeline and write the package; returns its folder and manifest."""
     progress = progress or SilentProgress()
     target = load_target(options.target)
+    request = make_request(
+        options.quantize,
+        options.max_accuracy_drop,
+        options.calibration,
+        options.exclude_nodes,
+        options.calibration_data,
+    )
     progress.stage(f"loading data {options.data}")
     data = load_dataset(options.data)
     train, val = train_val_split(data, seed=options.seed)
@@ -125,7 +145,9 @@ def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path
         progress.stage(f"training {spec.name} ({options.epochs} epochs)")
         config = TrainConfig(epochs=options.epochs, seed=options.seed)
         trained = train_classifier(spec, train, prep, config, progress.advance, options.use_cache)
-        contents = _export_and_check(name, trained.model, spec, target, train, val, prep, work, progress)
+        contents = _export_and_check(
+            name, trained.model, spec, target, train, val, prep, work, progress, request
+        )
         contents.manifest.update(
             {
                 "build": {
@@ -160,6 +182,7 @@ def _export_and_check(
     prep: dict,
     work: Path,
     progress: Progress,
+    request: QuantizeRequest | None = None,
 ) -> PackageContents:
     progress.stage("exporting ONNX and checking parity")
     onnx_path = work / "model.onnx"
@@ -169,10 +192,18 @@ def _export_and_check(
     if parity >= PARITY_TOLERANCE:
         raise EdgefabError(f"ONNX export differs from PyTorch by {parity:.3g} (limit {PARITY_TOLERANCE})")
     accuracy = onnx_accuracy(onnx_path, val, prep)
-    latency = model_latency(target, onnx_path, proto)
+    shipped, shipped_proto, quantized = onnx_path, proto, None
+    if request is not None:
+        progress.stage(f"quantizing to {request.method}, checking accuracy on the validation split")
+        calibration = classifier_calibration(request, input_signature(proto), train, prep)
+        validation = (to_float(val.images, prep), val.labels)
+        quantized = quantize_classifier(request, onnx_path, target, calibration, validation, accuracy, work)
+        shipped, shipped_proto, accuracy = quantized.path, quantized.model, quantized.score
+    latency = model_latency(target, shipped, proto)
     progress.stage(f"compiling with TVM for {target.name}")
     feeds = {INPUT_NAME: samples[:1]}
-    tvm = compile_with_tvm(proto, target, work, feeds, run_onnxruntime(onnx_path, feeds))
+    tolerance = quantized.tvm_tolerance if quantized else TVM_TOLERANCE
+    tvm = compile_with_tvm(shipped_proto, target, work, feeds, run_onnxruntime(shipped, feeds), tolerance)
     engine, why = recommend_engine(latency, tvm)
     labels_path = work / "labels.json"
     labels_path.write_text(json.dumps(train.classes) + "\n")
@@ -198,14 +229,17 @@ def _export_and_check(
             "figures": {
                 "accuracy": round(accuracy, 5),
                 **model_stats(proto),
-                "model_bytes": onnx_path.stat().st_size,
+                "model_bytes": shipped.stat().st_size,
                 "onnx_parity_max_abs_diff": parity,
                 "latency": latency.to_dict() if latency else None,
                 "tvm_latency": tvm.latency.to_dict() if tvm.latency else None,
             },
         }
     )
-    files = {"model.onnx": onnx_path, "labels.json": labels_path}
+    files = {"model.onnx": shipped, "labels.json": labels_path}
+    if quantized:
+        quantized.annotate(manifest)
+        files[REPORT_FILE] = quantized.report_path
     if tvm.artifact:
         files[tvm.artifact.path.name] = tvm.artifact.path
     return PackageContents(manifest, files)
