@@ -4,9 +4,7 @@ import pytest
 
 from edgefab.errors import EdgefabError
 from edgefab.targets import list_targets, load_target
-from edgefab.targets.latency import fit_power_law, predict_from_macs
-
-PIXEL_TABLE = [(582e6, 138.0), (300e6, 73.8), (209e6, 55.8), (97e6, 28.7), (59e6, 19.7)]
+from edgefab.targets.latency import predicted_latency
 
 
 def test_builtin_targets_and_alias():
@@ -67,11 +65,13 @@ def test_missing_toml_file(tmp_path):
         load_target(tmp_path / "absent.toml")
 
 
-def test_pixel_prediction_fits_published_networks():
-    a, b = fit_power_law(PIXEL_TABLE)
-    for macs, ms in PIXEL_TABLE:
-        assert abs(a * macs**b - ms) / ms < 0.15
-    figure = predict_from_macs(load_target("pixel"), 300_000_000)
-    assert figure.source == "predicted" and 60 < figure.ms < 90
-    assert "extrapolated" in predict_from_macs(load_target("pixel"), 1_000_000).method
-    assert predict_from_macs(load_target("host"), 1_000_000) is None
+def test_predicted_latency_of_a_third_party_graph():
+    from edgefab.export.graph import fix_input_shapes, load_onnx, simplify
+    from tests.conftest import SHARED_MODELS
+
+    model = simplify(
+        fix_input_shapes(load_onnx(SHARED_MODELS / "ppocr_mobile_v2_cls.onnx"), {"x": [1, 3, 48, 192]})
+    )
+    figure = predicted_latency(load_target("pixel"), model)
+    assert figure.source == "predicted" and 0.5 < figure.ms < 50
+    assert "published table" in figure.method

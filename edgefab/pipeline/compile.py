@@ -37,7 +37,7 @@ from edgefab.pipeline.common import (
 from edgefab.pipeline.quantize import make_request, quantize_model
 from edgefab.runtime.package import check_output_folder, read_manifest, write_package
 from edgefab.targets import load_target
-from edgefab.targets.latency import measure_onnx, predict_from_macs
+from edgefab.targets.latency import measure_onnx, predicted_latency
 
 SIMPLIFY_TOLERANCE = 1e-4
 
@@ -114,7 +114,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         if target.runs_here:
             latency = measure_onnx(shipped, feeds, threads=target.threads)
         else:
-            latency = predict_from_macs(target, stats["macs"])
+            latency = predicted_latency(target, simplified)
         progress.stage(f"compiling with TVM for {target.name}")
         tolerance = quantized.tvm_tolerance if quantized else TVM_TOLERANCE
         reference = run_onnxruntime(shipped, feeds)

@@ -9,7 +9,7 @@ device over TVM RPC: :mod:`edgefab.targets.measured`), or an uncalibrated roofli
 the chip's peak figures (``pixel-gpu``, ``rpi4`` until profiled). Layers a table lacks get a
 per-op model fitted to that table (:mod:`edgefab.targets.opmodel`).
 
-The v1 helpers (``predict_from_macs``, ``measure_onnx``, ``time_calls``) stay for the pipeline.
+The pipeline also uses ``predicted_latency``, ``measure_onnx`` and ``time_calls``.
 """
 
 from __future__ import annotations
@@ -39,28 +39,13 @@ class LatencyFigure:
         return {"ms": round(self.ms, 4), "source": self.source, "method": self.method}
 
 
-def fit_power_law(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares fit of ``ms = a * macs**b`` in log space; returns ``(a, b)``."""
-    macs = np.log([p[0] for p in points])
-    ms = np.log([p[1] for p in points])
-    b, log_a = np.polyfit(macs, ms, 1)
-    return float(np.exp(log_a)), float(b)
-
-
-def predict_from_macs(target: Target, macs: int) -> LatencyFigure | None:
-    """Predicted latency from the target's calibration points, or None if it has none."""
-    points = target.latency.get("calibration")
-    if not points:
+def predicted_latency(target: Target, model) -> LatencyFigure | None:
+    """The target's latency model's figure for an ONNX graph, or None where no layer of the graph
+    is known to it (an LSTM-only graph, say); ops it leaves out are named in the figure's method."""
+    try:
+        return latency_model(target).predict_onnx(model).figure()
+    except EdgefabError:
         return None
-    a, b = fit_power_law([(float(m), float(ms)) for m, ms in points])
-    low, high = min(p[0] for p in points), max(p[0] for p in points)
-    range_note = (
-        ""
-        if low <= macs <= high
-        else f"; extrapolated outside the {low / 1e6:g}-{high / 1e6:g} M MACs calibrated"
-    )
-    method = f"{target.latency.get('provenance', 'fitted')}{range_note}"
-    return LatencyFigure(ms=a * macs**b, source="predicted", method=method)
 
 
 def time_calls(call, warmup: int = 10, runs: int = 50) -> list[float]:
