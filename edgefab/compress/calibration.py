@@ -15,6 +15,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgefab.errors import EdgefabError
+from edgefab.runtime.runner import read_inputs
 
 Feeds = dict[str, np.ndarray]
 
@@ -41,18 +42,9 @@ class FeedsReader(CalibrationDataReader):
 def read_calibration_file(path: Path) -> dict[str, np.ndarray] | np.ndarray:
     """The arrays of an ``.npz`` (by name) or the array of an ``.npy``; never unpickled."""
     path = Path(path)
-    if not path.is_file():
-        raise EdgefabError(f"calibration data {path} does not exist")
-    if path.suffix not in (".npz", ".npy"):
+    if path.is_file() and path.suffix not in (".npz", ".npy"):
         raise EdgefabError(f"calibration data {path} must be a .npz (arrays named like the inputs) or .npy")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise EdgefabError(f"cannot read calibration data {path}: {exc}") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        return {name: loaded[name] for name in loaded.files}
+    return read_inputs(path, what="calibration data")
 
 
 def _sample_shape(name: str, array: np.ndarray, shape: list[int]) -> np.ndarray:

@@ -11,7 +11,6 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 
 import edgefab
 from edgefab.arch import ArchSpec
+from edgefab.cache import cache_dir
 from edgefab.data import Dataset, to_float
 from edgefab.factory.network import build_network
 
@@ -46,16 +46,6 @@ class TrainResult:
     cached: bool
     cache_key: str
     train_seconds: float
-
-
-def cache_dir() -> Path:
-    """edgefab's cache folder: ``$EDGEFAB_CACHE_DIR`` or the platform's user cache dir."""
-    override = os.environ.get("EDGEFAB_CACHE_DIR")
-    if override:
-        return Path(override)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("edgefab"))
 
 
 def dataset_fingerprint(data: Dataset) -> str:
@@ -120,6 +110,7 @@ def train_classifier(
     config = config or TrainConfig()
     key = _cache_key(spec, train, prep, config)
     path = cache_dir() / "models" / f"{key}.safetensors"
+    torch.manual_seed(config.seed)  # the initial weights too: the same seed gives the same model
     model = build_network(spec)
     if use_cache and path.is_file():
         model.load_state_dict(load_file(str(path)))

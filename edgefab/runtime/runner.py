@@ -11,14 +11,15 @@ from edgefab.errors import EdgefabError
 from edgefab.runtime.loader import Package, load
 
 
-def read_inputs(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+def read_inputs(path: Path, what: str = "input file") -> np.ndarray | dict[str, np.ndarray]:
     """An array from ``.npy`` or named arrays from ``.npz`` (never unpickled)."""
+    path = Path(path)
     if not path.is_file():
-        raise EdgefabError(f"input file {path} does not exist")
+        raise EdgefabError(f"{what} {path} does not exist")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise EdgefabError(f"cannot read {path} as .npy/.npz: {exc}") from None
+        raise EdgefabError(f"cannot read {what} {path} as .npy/.npz: {exc}") from None
     if isinstance(loaded, np.ndarray):
         return loaded
     with loaded:

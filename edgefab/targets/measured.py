@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefab.arch import ArchSpec, BlockSpec
+from edgefab.cache import cache_dir
 from edgefab.errors import EdgefabError
 from edgefab.targets import Target
 from edgefab.targets.graphs import layers_graph, random_input
@@ -36,16 +37,6 @@ from edgefab.targets.opmodel import OpModel, features
 
 RUNTIMES = ("onnxruntime", "tvm")
 MIN_FIT_ROWS = 8  # a fitted fallback needs at least this many measured layers
-
-
-def cache_dir() -> Path:
-    """edgefab's cache folder: ``$EDGEFAB_CACHE_DIR`` or the platform's user cache dir."""
-    override = os.environ.get("EDGEFAB_CACHE_DIR")
-    if override:
-        return Path(override)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("edgefab"))
 
 
 def runtime_version(runtime: str) -> str:
