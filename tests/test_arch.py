@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from edgefab.arch import ArchSpec, BlockSpec, round_channels
@@ -38,28 +39,32 @@ def test_spec_macs_match_the_exported_graph(tmp_path):
         assert spec.macs() == count_macs(model)
 
 
-def test_runtime_imports_neither_torch_nor_build_code():
+LOWER_LAYERS = {
+    # importing these must not pull in torch or any layer above them
+    "edgefab.runtime, edgefab.runtime.runner, edgefab.runtime.tvm_engine": (
+        "edgefab.export",
+        "edgefab.factory",
+        "edgefab.search",
+        "edgefab.pipeline",
+        "edgefab.compress",
+    ),
+    "edgefab.targets, edgefab.targets.latency": (
+        "edgefab.search",
+        "edgefab.factory",
+        "edgefab.export",
+        "edgefab.pipeline",
+    ),
+}
+
+
+@pytest.mark.parametrize("modules", list(LOWER_LAYERS))
+def test_lower_layers_import_nothing_above_them(modules):
     import subprocess
     import sys
 
     code = (
-        "import sys, edgefab.runtime, edgefab.runtime.runner, edgefab.runtime.tvm_engine;"
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('edgefab.export', 'edgefab.factory',"
-        " 'edgefab.search', 'edgefab.pipeline'))];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_targets_know_nothing_of_higher_layers():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, edgefab.targets, edgefab.targets.latency;"
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('edgefab.search', 'edgefab.factory',"
-        " 'edgefab.export', 'edgefab.pipeline'))];"
+        f"import sys, {modules};"
+        f"bad = [m for m in sys.modules if m == 'torch' or m.startswith({LOWER_LAYERS[modules]!r})];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
