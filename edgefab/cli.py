@@ -218,7 +218,9 @@ def profile(
     rpc: Annotated[str | None, typer.Option(help="TVM RPC tracker HOST:PORT of the device.")] = None,
     key: Annotated[str | None, typer.Option(help="Key the device's RPC server registered with.")] = None,
     runtime: Annotated[str, typer.Option(help="onnxruntime or tvm (always tvm over --rpc).")] = "onnxruntime",
-    space: Annotated[str, typer.Option(help="Space to measure: spnas, mobilenetv2.")] = "spnas",
+    space: Annotated[
+        str, typer.Option(help="Space to measure: spnas, mobilenetv2, or a search space (digits-28, ...).")
+    ] = "spnas",
     resolution: Annotated[int, typer.Option(help="Input resolution of the space.")] = 224,
     threads: Annotated[int | None, typer.Option(help="Threads (default: the target's; 0: all).")] = None,
     networks: Annotated[int, typer.Option(min=2, help="Whole networks timed to fit the overhead.")] = 10,
@@ -226,11 +228,16 @@ def profile(
     as_json: JsonOption = False,
 ) -> None:
     """Build or refresh a target's per-layer latency table by measurement (here, or over TVM RPC)."""
+    from edgefab.search.spaces import SPACES
     from edgefab.targets import load_target
     from edgefab.targets.profiling import profile as run_profile
     from edgefab.targets.reports import profile_base, profile_report
 
-    profile_target, base = load_target(target), profile_base(space, resolution)
+    profile_target = load_target(target)
+    if space in SPACES:  # a search space: its largest network (10 classes) spans every layer shape
+        base = SPACES[space].arch(SPACES[space].largest(), 10)
+    else:
+        base = profile_base(space, resolution)
     with RichProgress(enabled=not as_json) as progress:
         table, path = run_profile(profile_target, base, runtime, threads, rpc, key, networks=networks,
                                   progress=progress, timeout_s=timeout)  # fmt: skip

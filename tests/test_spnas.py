@@ -135,3 +135,20 @@ def test_search_bad_inputs(tmp_path):
     with pytest.raises(EdgefabError, match="unknown search space"):
         run_spnas(SpnasJob("pixel", 1.0, "nas-bench", out=tmp_path / "c"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_profile_a_search_space_on_host():
+    from typer.testing import CliRunner
+
+    from edgefab.cli import app
+
+    result = CliRunner().invoke(
+        app, ["profile", "--target", "host", "--space", "digits-28", "--networks", "3", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["networks"] == 3 and report["layers"] > 10
+    space = get_space("digits-28")
+    table = cost_table(space, 10, latency_model("host"))
+    assert "overhead fitted on 3 networks" in table.source
+    assert 0 < table.total(space.smallest()) < table.total(space.largest())
