@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgefab.console import RichProgress, emit, key_value_table, user_errors
+from edgefab.console import RichProgress, emit, fail, key_value_table, user_errors
 from edgefab.quantize_cli import (
     CalibrationDataOption,
     CalibrationOption,
@@ -231,13 +231,15 @@ def profile(
     from edgefab.search.spaces import SPACES
     from edgefab.targets import load_target
     from edgefab.targets.profiling import profile as run_profile
-    from edgefab.targets.reports import profile_base, profile_report
+    from edgefab.targets.reports import PROFILE_SPACES, profile_base, profile_report
 
     profile_target = load_target(target)
     if space in SPACES:  # a search space: its largest network (10 classes) spans every layer shape
         base = SPACES[space].arch(SPACES[space].largest(), 10)
-    else:
+    elif space in PROFILE_SPACES:
         base = profile_base(space, resolution)
+    else:
+        fail(f"unknown space '{space}'; use one of {', '.join((*PROFILE_SPACES, *SPACES))}")
     with RichProgress(enabled=not as_json) as progress:
         table, path = run_profile(profile_target, base, runtime, threads, rpc, key, networks=networks,
                                   progress=progress, timeout_s=timeout)  # fmt: skip

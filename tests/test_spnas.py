@@ -152,3 +152,5 @@ def test_profile_a_search_space_on_host():
     table = cost_table(space, 10, latency_model("host"))
     assert "overhead fitted on 3 networks" in table.source
     assert 0 < table.total(space.smallest()) < table.total(space.largest())
+    unknown = CliRunner().invoke(app, ["profile", "--target", "host", "--space", "nope"])
+    assert unknown.exit_code == 2 and "digits-28" in unknown.output
