@@ -96,20 +96,46 @@ class SuperMBConv(nn.Module):
             return "skip"
         return f"k{5 if float(decision['k5']) > 0.5 else 3}_e{6 if float(decision['e6']) > 0.5 else 3}"
 
-    @torch.no_grad()
-    def extract(self, choice: str) -> MBConv:
-        """A standalone MBConv of ``choice`` carrying this layer's (inherited) weights."""
+    def forward_choice(self, x: torch.Tensor, choice: str, out_channels: int | None = None) -> torch.Tensor:
+        """The layer run as one fixed choice (``k3_e6``, ``skip``, ...) on the first ``x.shape[1]``
+        input and ``out_channels`` output channels of the shared weights (the factory's sub-networks).
+
+        Batch norms use the batch's statistics while training and their (sliced) running statistics
+        otherwise; an extracted sub-network gets its own by recalibration.
+        """
+        if choice == "skip":
+            return x
         kernel, expand = (int(part[1:]) for part in choice.split("_"))
-        block = MBConv(self.cin, BlockSpec(self.cout, kernel=kernel, expand=expand, stride=self.stride))
-        used = self.cin * expand
+        cin, cout = x.shape[1], out_channels or self.cout
+        used, offset = cin * expand, (MAX_KERNEL - kernel) // 2
+        window = slice(offset, offset + kernel)
+        hidden = F.conv2d(x, self.expand[0].weight[:used, :cin])
+        hidden = F.relu6(sliced_batch_norm(hidden, self.expand[1], self.training))
+        depthwise = self.depthwise.weight[:used, :, window, window]
+        hidden = F.conv2d(hidden, depthwise, None, self.stride, kernel // 2, groups=used)
+        hidden = F.relu6(sliced_batch_norm(hidden, self.depthwise_bn, self.training))
+        out = sliced_batch_norm(
+            F.conv2d(hidden, self.project[0].weight[:cout, :used]), self.project[1], self.training
+        )
+        return x + out if self.stride == 1 and cin == cout else out
+
+    @torch.no_grad()
+    def extract(self, choice: str, in_channels: int | None = None, out_channels: int | None = None) -> MBConv:
+        """A standalone MBConv of ``choice`` carrying this layer's (inherited) weights, on the first
+        ``in_channels`` / ``out_channels`` channels (default: all)."""
+        cin, cout = in_channels or self.cin, out_channels or self.cout
+        kernel, expand = (int(part[1:]) for part in choice.split("_"))
+        block = MBConv(cin, BlockSpec(cout, kernel=kernel, expand=expand, stride=self.stride))
+        used = cin * expand
         offset = (MAX_KERNEL - kernel) // 2
         expand_conv, dw_conv, project_conv = block.body
-        _copy_conv_bn(expand_conv, self.expand[0], self.expand[1], rows=used)
+        expand_conv[0].weight.copy_(self.expand[0].weight[:used, :cin])
+        _copy_bn(expand_conv[1], self.expand[1], used)
         window = slice(offset, offset + kernel)
         dw_conv[0].weight.copy_(self.depthwise.weight[:used, :, window, window])
         _copy_bn(dw_conv[1], self.depthwise_bn, used)
-        project_conv[0].weight.copy_(self.project[0].weight[:, :used])
-        _copy_bn(project_conv[1], self.project[1], self.cout)
+        project_conv[0].weight.copy_(self.project[0].weight[:cout, :used])
+        _copy_bn(project_conv[1], self.project[1], cout)
         return block
 
 
@@ -122,6 +148,12 @@ def _copy_bn(target: nn.BatchNorm2d, source: nn.BatchNorm2d, count: int) -> None
         getattr(target, name).copy_(getattr(source, name)[:count])
 
 
-def _copy_conv_bn(target: nn.Sequential, conv: nn.Conv2d, bn: nn.BatchNorm2d, rows: int) -> None:
-    target[0].weight.copy_(conv.weight[:rows])
-    _copy_bn(target[1], bn, rows)
+def sliced_batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d, training: bool) -> torch.Tensor:
+    """``norm`` applied to the first ``x.shape[1]`` channels; while training, only batch statistics
+    are used (running statistics of a weight-sharing supernet mix every sub-network's)."""
+    n = x.shape[1]
+    if training:
+        return F.batch_norm(x, None, None, norm.weight[:n], norm.bias[:n], True, 0.0, norm.eps)
+    return F.batch_norm(
+        x, norm.running_mean[:n], norm.running_var[:n], norm.weight[:n], norm.bias[:n], False, 0.0, norm.eps
+    )

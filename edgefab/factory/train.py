@@ -150,7 +150,9 @@ def recalibrate_batchnorm(
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
     model.train()
-    images = to_float(data.images[:samples], prep)
+    # A seeded random sample: data ordered by class (image folders) must not calibrate on one class.
+    chosen = np.sort(np.random.default_rng(0).permutation(len(data.images))[:samples])
+    images = to_float(data.images[chosen], prep)
     for start in range(0, len(images), batch_size):
         model(torch.from_numpy(images[start : start + batch_size]))
     for norm in norms:

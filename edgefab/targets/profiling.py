@@ -149,6 +149,27 @@ def profile(
     rounds: int = 3,
 ) -> tuple[MeasuredTable, Path]:
     """Measure every layer of the space around ``base`` and fit the overhead; returns the cached table."""
+    rng = np.random.default_rng(seed)
+    specs = [base] + [random_spec(base, rng, candidates) for _ in range(networks - 1)]
+    return profile_layers(
+        target, space_layers(base, candidates), specs, runtime, threads, rpc, key, progress, timeout_s, rounds
+    )
+
+
+def profile_layers(
+    target: Target,
+    layers: Sequence[Layer],
+    specs: Sequence[ArchSpec],
+    runtime: str = "onnxruntime",
+    threads: int | None = None,
+    rpc: str | None = None,
+    key: str | None = None,
+    progress: Progress | None = None,
+    timeout_s: float = 10.0,
+    rounds: int = 3,
+) -> tuple[MeasuredTable, Path]:
+    """Measure ``layers`` one by one and ``specs`` as whole networks (to fit the per-network
+    overhead), add them to the target's cached table and save it; returns the table and its path."""
     progress = progress or _Quiet()
     if rpc is not None:
         runtime = "tvm"
@@ -163,9 +184,7 @@ def profile(
     table = MeasuredTable.load(path) if path.is_file() else MeasuredTable(
         target.name, runtime_version(runtime), count, device)  # fmt: skip
     table.device = device
-    layers = space_layers(base, candidates)
-    rng = np.random.default_rng(seed)
-    specs = [base] + [random_spec(base, rng, candidates) for _ in range(networks - 1)]
+    layers = list(layers)
     nets = [spec_layers(spec) for spec in specs]
     with tempfile.TemporaryDirectory(prefix="edgefab-profile-") as work:
         measurer = _measurer(target, runtime, count, rpc, key, Path(work), timeout_s)

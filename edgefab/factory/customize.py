@@ -1,0 +1,240 @@
+"""Customising: (task, budget, target) -> a standalone network, in seconds, without training.
+
+1. the assembler gives a distribution over every module choice for the task and the budget;
+2. candidates are sampled from it (milliseconds) and costed with the target's latency model;
+3. the most probable candidates within budget are scored on the task's validation data with
+   inherited weights and recalibrated batch norms; the best is kept;
+4. its task module, a linear head on the shared features, is fitted to the task's training data
+   (a few hundred L-BFGS steps; for a plain subset the inherited class rows are kept where they
+   score better); an optional short fine-tune follows.
+
+``sampler="random"`` replaces step 1 with uniform sampling (the benchmarks' baseline).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgefab.arch import ArchSpec
+from edgefab.data import Dataset, to_float
+from edgefab.data.tasks import Task, apply_task
+from edgefab.errors import EdgefabError
+from edgefab.factory.assembler import relative_budget, sample_selections
+from edgefab.factory.network import Network
+from edgefab.factory.scoring import score
+from edgefab.factory.space import ModuleSelection
+from edgefab.factory.store import Factory
+from edgefab.factory.threads import torch_threads
+from edgefab.factory.train import TrainConfig, fit
+from edgefab.targets.model import LatencyModel
+
+SAMPLERS = ("assembler", "random")
+
+
+@dataclass(frozen=True)
+class CustomizeOptions:
+    """Settings of one customisation."""
+
+    candidates: int = 256  # sampled from the assembler (or uniformly)
+    scored: int = 3  # feasible candidates scored on validation data
+    sampler: str = "assembler"
+    val_samples: int = 500
+    head_samples: int = 1500
+    finetune_epochs: int = 0
+    seed: int = 0
+
+
+@dataclass
+class Customized:
+    """The chosen sub-network for a task, ready to export."""
+
+    selection: ModuleSelection
+    spec: ArchSpec  # with the task's outputs
+    network: Network
+    accuracy: float  # task accuracy on the validation data, final head
+    predicted_ms: float
+    relative_budget: float
+    candidates: list[dict] = field(default_factory=list)  # the scored ones
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def restrict(data: Dataset, task: Task) -> Dataset:
+    """The samples of the classes ``task`` uses, keeping the all-class labels."""
+    return data.subset(np.flatnonzero(task.group_of(data.num_classes)[data.labels] >= 0))
+
+
+def latency_range(factory: Factory, model: LatencyModel) -> tuple[float, float]:
+    """Predicted ms of the space's smallest and largest sub-network on the model's target."""
+    space, classes = factory.space, len(factory.classes)
+    return model.total_ms(space.arch(space.smallest(), classes)), model.total_ms(
+        space.arch(space.largest(), classes)
+    )
+
+
+def customize(
+    factory: Factory,
+    task: Task,
+    model: LatencyModel,
+    budget_ms: float | None,
+    train: Dataset,
+    val: Dataset,
+    options: CustomizeOptions | None = None,
+) -> Customized:
+    """Pick, score and extract the factory's best sub-network for ``task`` within ``budget_ms``
+    (``train`` and ``val`` carry the data's own labels)."""
+    options = options or CustomizeOptions()
+    if options.sampler not in SAMPLERS:
+        raise EdgefabError(f"unknown sampler '{options.sampler}'; use one of {', '.join(SAMPLERS)}")
+    clock = time.perf_counter()
+    smallest_ms, largest_ms = latency_range(factory, model)
+    if budget_ms is not None and budget_ms < smallest_ms:
+        raise EdgefabError(
+            f"no sub-network of the factory meets {budget_ms:g} ms on {model.target.name}: the smallest "
+            f"costs {smallest_ms:.3f} ms ({model.kind}); raise --latency-ms"
+        )
+    budget = relative_budget(budget_ms, smallest_ms, largest_ms) if budget_ms is not None else 1.0
+    ranked = _candidates(factory, task, model, budget_ms, budget, options)
+    seconds = {"assemble": time.perf_counter() - clock}
+    task_train, task_val = restrict(train, task), restrict(val, task)
+    rng = np.random.default_rng(options.seed)
+    if len(task_val) > options.val_samples:
+        task_val = task_val.subset(np.sort(rng.permutation(len(task_val))[: options.val_samples]))
+    clock = time.perf_counter()
+    results = []
+    for selection, ms, logp in ranked:
+        accuracy, network = score(factory.supernet, selection, task_train, task_val, factory.prep, task)
+        results.append(
+            {"selection": selection, "ms": ms, "logp": logp, "accuracy": accuracy, "network": network}
+        )
+    best = max(results, key=lambda r: (r["accuracy"], -r["ms"]))
+    seconds["score"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    network, accuracy = _task_network(best, task, task_train, task_val, factory.prep, options)
+    spec = factory.space.arch(best["selection"], len(task.groups))
+    seconds["head"] = time.perf_counter() - clock
+    if options.finetune_epochs:
+        clock = time.perf_counter()
+        relabelled = apply_task(task_train, task)
+        fit(
+            network,
+            relabelled,
+            factory.prep,
+            TrainConfig(epochs=options.finetune_epochs, lr=2e-3, seed=options.seed),
+        )
+        accuracy = _head_accuracy(network, task_val, task, factory.prep)
+        seconds["finetune"] = time.perf_counter() - clock
+    rows = [_row(r) for r in results]
+    return Customized(best["selection"], spec, network, accuracy, best["ms"], budget, rows, seconds)
+
+
+def _row(result: dict) -> dict:
+    return {
+        "modules": result["selection"].to_dict(),
+        "predicted_ms": round(result["ms"], 4),
+        "log_probability": round(result["logp"], 3),
+        "accuracy": round(result["accuracy"], 5),
+    }
+
+
+def _candidates(
+    factory, task, model, budget_ms, budget, options
+) -> list[tuple[ModuleSelection, float, float]]:
+    """The ``scored`` candidates to evaluate: (selection, predicted ms, log-probability)."""
+    space, classes = factory.space, len(factory.classes)
+    rng = np.random.default_rng(options.seed)
+    if options.sampler == "assembler":
+        sampled = sample_selections(
+            space, factory.assembler.distribution(task, budget), options.candidates, rng
+        )
+    else:
+        sampled = [(space.sample(rng), 0.0) for _ in range(options.candidates)]
+    sampled.append((space.smallest(), -np.inf))  # always one that fits
+    seen, ranked = set(), []
+    for selection, logp in sampled:
+        if selection in seen:
+            continue
+        seen.add(selection)
+        ms = model.total_ms(space.arch(selection, classes))
+        if budget_ms is None or ms <= budget_ms:
+            ranked.append((selection, ms, logp))
+        if len(ranked) == options.scored:
+            break
+    return ranked
+
+
+def _task_network(
+    best: dict, task: Task, train: Dataset, val: Dataset, prep: dict, options: CustomizeOptions
+):
+    """The best candidate's network with a linear task head (fitted, or the inherited rows)."""
+    network: Network = best["network"]
+    features, labels = _features(network, train, prep, options.head_samples, task)
+    inherited = network.classifier
+    rows = [list(members) for _, members in task.groups]
+    init_w = torch.stack([inherited.weight[r].mean(0) for r in rows]).detach()
+    init_b = torch.stack([inherited.bias[r].mean() for r in rows]).detach()
+    head = _fit_linear(features, labels, init_w, init_b)
+    network.classifier = head
+    accuracy = _head_accuracy(network, val, task, prep)
+    if all(len(r) == 1 for r in rows) and best["accuracy"] > accuracy:  # a subset: inherited rows won
+        network.classifier = _linear(init_w, init_b)
+        accuracy = best["accuracy"]
+    return network.eval(), accuracy
+
+
+@torch.no_grad()
+def _features(network: Network, data: Dataset, prep: dict, limit: int, task: Task):
+    chosen = np.sort(np.random.default_rng(0).permutation(len(data))[:limit])
+    images = torch.from_numpy(to_float(data.images[chosen], prep))
+    classifier, network.classifier = network.classifier, nn.Identity()
+    try:
+        features = torch.cat([network(images[i : i + 512]) for i in range(0, len(images), 512)])
+    finally:
+        network.classifier = classifier
+    labels = torch.from_numpy(task.group_of(data.num_classes)[data.labels[chosen]])
+    return features, labels
+
+
+def _fit_linear(
+    features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> nn.Linear:
+    """Multinomial logistic regression (L2 1e-3) by L-BFGS, from the given start."""
+    with torch_threads(1):
+        return _lbfgs_linear(features, labels, weight, bias)
+
+
+def _lbfgs_linear(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+    w, b = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(features @ w.T + b, labels) + 1e-3 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return _linear(w.detach(), b.detach())
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer
+
+
+@torch.no_grad()
+def _head_accuracy(network: Network, val: Dataset, task: Task, prep: dict) -> float:
+    network.eval()
+    logits = network(torch.from_numpy(to_float(val.images, prep))).numpy()
+    group_of = task.group_of(val.num_classes)
+    return float((logits.argmax(1) == group_of[val.labels]).mean())
