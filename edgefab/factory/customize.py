@@ -85,9 +85,11 @@ def customize(
     train: Dataset,
     val: Dataset,
     options: CustomizeOptions | None = None,
+    proposals: list[ModuleSelection] | None = None,
 ) -> Customized:
     """Pick, score and extract the factory's best sub-network for ``task`` within ``budget_ms``
-    (``train`` and ``val`` carry the data's own labels)."""
+    (``train`` and ``val`` carry the data's own labels). ``proposals`` replaces sampling with
+    given selections (e.g. a search's result), which are then scored and extracted the same way."""
     options = options or CustomizeOptions()
     if options.sampler not in SAMPLERS:
         raise EdgefabError(f"unknown sampler '{options.sampler}'; use one of {', '.join(SAMPLERS)}")
@@ -99,7 +101,10 @@ def customize(
             f"costs {smallest_ms:.3f} ms ({model.kind}); raise --latency-ms"
         )
     budget = relative_budget(budget_ms, smallest_ms, largest_ms) if budget_ms is not None else 1.0
-    ranked = _candidates(factory, task, model, budget_ms, budget, options)
+    if proposals is None:
+        ranked = propose(factory, task, model, budget_ms, options)
+    else:
+        ranked = [(s, model.total_ms(factory.space.arch(s, len(factory.classes))), 0.0) for s in proposals]
     seconds = {"assemble": time.perf_counter() - clock}
     task_train, task_val = restrict(train, task), restrict(val, task)
     rng = np.random.default_rng(options.seed)
@@ -142,13 +147,15 @@ def _row(result: dict) -> dict:
     }
 
 
-def _candidates(
-    factory, task, model, budget_ms, budget, options
+def propose(
+    factory: Factory, task: Task, model: LatencyModel, budget_ms: float | None, options: CustomizeOptions
 ) -> list[tuple[ModuleSelection, float, float]]:
-    """The ``scored`` candidates to evaluate: (selection, predicted ms, log-probability)."""
+    """The ``options.scored`` candidates to evaluate, (selection, predicted ms, log-probability):
+    the most probable within budget of those sampled from the assembler (or uniformly)."""
     space, classes = factory.space, len(factory.classes)
     rng = np.random.default_rng(options.seed)
     if options.sampler == "assembler":
+        budget = relative_budget(budget_ms, *latency_range(factory, model)) if budget_ms is not None else 1.0
         sampled = sample_selections(
             space, factory.assembler.distribution(task, budget), options.candidates, rng
         )

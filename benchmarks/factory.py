@@ -1,0 +1,166 @@
+"""NN-Factory figures, measured side by side in one run on `host` (issue 5, item 6).
+
+(a) customisation wall time for a new (task, budget): assembler, scoring, task head; no export;
+(b) accuracy vs measured host latency at three budgets and three tasks: the factory's model, an
+    optuna search over the same space given 10x the factory's time, and the simple MobileNetV2-style
+    width-scaled family trained from scratch on the task for as many epochs as the supernet had;
+(c) the assembler vs uniform random sampling, the same number of candidates scored.
+
+    python benchmarks/factory.py [--factory PATH] [--tasks N] [--budgets N] [--search-factor 10]
+
+Prints a markdown table per part; quiet machine recommended (medians of ONNX Runtime timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgefab.data import load_dataset, normalization, train_val_split
+from edgefab.data.tasks import apply_task, parse_task
+from edgefab.export.onnx_export import INPUT_NAME, export_onnx
+from edgefab.factory.customize import CustomizeOptions, customize, latency_range, propose, restrict
+from edgefab.factory.presets import simple_classifier
+from edgefab.factory.scoring import score
+from edgefab.factory.store import SHIPPED, load_factory
+from edgefab.factory.train import TrainConfig, evaluate_accuracy, train_classifier
+from edgefab.pipeline.build import choose_architecture
+from edgefab.pipeline.common import SilentProgress
+from edgefab.pipeline.factory_build import factory_latency_model
+from edgefab.search.optuna_search import OptunaOptions, best_within_budget, search
+from edgefab.targets import load_target
+from edgefab.targets.latency import measure_onnx
+
+TASKS = ["all", "classes=0,1,2,3", "groups=even:0,2,4,6,8/odd:1,3,5,7,9"]
+RELATIVE_BUDGETS = (0.3, 0.6, 0.9)
+
+
+def measured_ms(network, spec, work: Path) -> float:
+    """Median ONNX Runtime latency of ``network`` on this machine (the target's thread count)."""
+    path = work / f"m{time.perf_counter_ns()}.onnx"
+    export_onnx(network, (1, *spec.input_shape), path)
+    feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal((1, *spec.input_shape)).astype(np.float32)}
+    return measure_onnx(path, feeds, threads=load_target("host").threads, runs=200).ms
+
+
+def task_val_accuracy(network, val, task, prep) -> float:
+    return evaluate_accuracy(network, apply_task(val, task), prep)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--factory", default=str(SHIPPED))
+    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--budgets", type=int, default=3)
+    parser.add_argument("--search-factor", type=float, default=10.0)
+    args = parser.parse_args()
+    factory = load_factory(args.factory)
+    data = load_dataset("mnist")
+    train, val = train_val_split(data)
+    target = load_target("host")
+    model = factory_latency_model(target, factory, SilentProgress())
+    smallest, largest = latency_range(factory, model)
+    budgets = [smallest * (largest / smallest) ** r for r in RELATIVE_BUDGETS[: args.budgets]]
+    epochs = factory.meta["training"]["epochs"]
+    rows, sampler_rows = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        for text in TASKS[: args.tasks]:
+            task = parse_task(text, data.classes)
+            for budget in budgets:
+                rows.append(
+                    compare(factory, task, model, budget, train, val, epochs, args.search_factor, work)
+                )
+                print(rows[-1], flush=True)
+                sampler_rows.append(samplers(factory, task, model, budget, train, val))
+                print(sampler_rows[-1], flush=True)
+    print_tables(rows, sampler_rows, smallest, largest)
+
+
+def compare(factory, task, model, budget, train, val, epochs, factor, work) -> dict:
+    """One (task, budget): factory vs optuna (factor x the time) vs the from-scratch family."""
+    start = time.perf_counter()
+    chosen = customize(factory, task, model, budget, train, val, CustomizeOptions())
+    factory_s = time.perf_counter() - start
+    row = {"task": task.text, "budget": budget, "factory_s": factory_s, "factory_acc": chosen.accuracy,
+           "factory_pred": chosen.predicted_ms}  # fmt: skip
+    row["factory_ms"] = measured_ms(chosen.network, chosen.spec, work)
+    row.update(optuna_row(factory, task, model, budget, train, val, factor * factory_s, work))
+    task_train, task_val = apply_task(train, task), apply_task(val, task)
+    prep = normalization(task_train)
+    base = simple_classifier(task_train.input_shape, len(task.groups))
+    spec = choose_architecture(base, load_target("host"), budget, work)
+    start = time.perf_counter()
+    trained = train_classifier(spec, task_train, prep, TrainConfig(epochs=epochs), use_cache=False)
+    row.update({"scratch_s": time.perf_counter() - start, "scratch_name": spec.name,
+                "scratch_acc": evaluate_accuracy(trained.model, task_val, prep),
+                "scratch_ms": measured_ms(trained.model, spec, work)})  # fmt: skip
+    return row
+
+
+def optuna_row(factory, task, model, budget, train, val, seconds, work) -> dict:
+    """Run optuna trials until ``seconds`` pass, then build its best like the factory does."""
+    storage = str(work / f"s{time.perf_counter_ns()}.journal")
+    start, trials, best = time.perf_counter(), 0, None
+    while time.perf_counter() - start < seconds:
+        study = search(
+            factory, task, model, train, val, OptunaOptions(budget, trials=4, storage=storage, seed=trials)
+        )
+        trials = len(study.trials)
+        best = best_within_budget(study)
+    elapsed = time.perf_counter() - start
+    if best is None:
+        return {"optuna_s": elapsed, "optuna_trials": trials, "optuna_acc": None, "optuna_ms": None}
+    selection, _ = best
+    options = CustomizeOptions(scored=1)
+    pinned = customize(factory, task, model, budget, train, val, options, proposals=[selection])
+    return {"optuna_s": elapsed, "optuna_trials": trials, "optuna_acc": pinned.accuracy,
+            "optuna_ms": measured_ms(pinned.network, pinned.spec, work)}  # fmt: skip
+
+
+def samplers(factory, task, model, budget, train, val) -> dict:
+    """(c): the best task accuracy among the scored candidates, assembler vs uniform sampling."""
+    out = {"task": task.text, "budget": budget}
+    task_train, task_val = restrict(train, task), restrict(val, task)
+    task_val = task_val.subset(list(range(min(500, len(task_val)))))
+    for sampler in ("assembler", "random"):
+        accuracies = []
+        for seed in range(3):
+            ranked = propose(factory, task, model, budget, CustomizeOptions(sampler=sampler, seed=seed))
+            scores = [
+                score(factory.supernet, s, task_train, task_val, factory.prep, task)[0] for s, _, _ in ranked
+            ]
+            accuracies.append(max(scores))
+        out[sampler] = statistics.median(accuracies)
+    return out
+
+
+def print_tables(rows, sampler_rows, smallest, largest) -> None:
+    print(f"\nfactory space on host: smallest {smallest:.3f} ms, largest {largest:.3f} ms (predicted)\n")
+    header = ["task", "budget ms", "factory acc", "factory ms", "factory s", "optuna acc", "optuna ms",
+              "optuna s (trials)", "scratch acc", "scratch ms", "scratch s"]  # fmt: skip
+    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    for r in rows:
+        optuna_acc = f"{100 * r['optuna_acc']:.2f} %" if r["optuna_acc"] is not None else "none in budget"
+        optuna_ms = f"{r['optuna_ms']:.3f}" if r["optuna_ms"] is not None else "-"
+        cells = [
+            r["task"], f"{r['budget']:.3f}", f"{100 * r['factory_acc']:.2f} %", f"{r['factory_ms']:.3f}",
+            f"{r['factory_s']:.1f}", optuna_acc, optuna_ms, f"{r['optuna_s']:.0f} ({r['optuna_trials']})",
+            f"{100 * r['scratch_acc']:.2f} %", f"{r['scratch_ms']:.3f}", f"{r['scratch_s']:.0f}",
+        ]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    print("\n| task | budget ms | assembler: best scored acc | uniform: best scored acc |")
+    print("|---|---|---|---|")
+    for r in sampler_rows:
+        print(
+            f"| {r['task']} | {r['budget']:.3f} | {100 * r['assembler']:.2f} % | {100 * r['random']:.2f} % |"
+        )
+
+
+if __name__ == "__main__":
+    main()

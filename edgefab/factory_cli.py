@@ -1,0 +1,89 @@
+"""Command-line pieces for the model factory: ``edgefab factory train`` and ``edgefab factory show``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgefab.console import RichProgress, emit, key_value_table, user_errors
+
+factory_app = typer.Typer(
+    help="NN-Factory: a pretrained modular supernet and its module assembler.", no_args_is_help=True
+)
+
+
+def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    data, training, pool = meta["data"], meta["training"], meta["pool"]
+    return [
+        ("factory", path),
+        ("space", f"{meta['space']} (stage widths {meta['widths']})"),
+        ("data", f"{data['name']}: {len(data['classes'])} classes, {data['train_samples']} training images"),
+        (
+            "training",
+            f"{training['epochs']} epochs sandwich rule, {training['processes']} process(es), "
+            f"{training['seconds']:.0f} s",
+        ),  # fmt: skip
+        (
+            "pool",
+            f"{pool['size']} sub-networks scored on {pool['scored_on']} images in {pool['seconds']:.0f} s",
+        ),
+        (
+            "all-class accuracy",
+            f"smallest {100 * pool['accuracy_smallest']:.2f} %, median "
+            f"{100 * pool['accuracy_median']:.2f} %, largest {100 * pool['accuracy_largest']:.2f} %",
+        ),  # fmt: skip
+        (
+            "assembler",
+            f"trained on {', '.join(meta['assembler']['targets'])} latency models, "
+            f"{meta['assembler']['steps']} steps",
+        ),  # fmt: skip
+    ]
+
+
+@factory_app.command("train")
+@user_errors
+def train(
+    data: Annotated[
+        str, typer.Option(help="mnist (embedded), a .npz file, an image folder, or torchvision:NAME.")
+    ] = "mnist",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Factory folder to write.")] = Path(
+        "factories/mnist"
+    ),
+    space: Annotated[
+        str | None, typer.Option(help="Factory space (default: the one for the data's image shape).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 6,
+    pool: Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")] = 192,
+    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation, sampling.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Train the supernet (sandwich rule) and the assembler once; start with torchrun for many processes."""
+    from edgefab.pipeline.factory_train import FactoryJob, train_factory
+
+    job = FactoryJob(data=data, out=out, space=space, epochs=epochs, pool=pool, seed=seed)
+    with RichProgress(enabled=not as_json) as progress:
+        path, meta = train_factory(job, progress)
+    if meta:  # rank 0 (the only process under plain python)
+        emit(
+            {"factory": str(path), **meta},
+            as_json,
+            key_value_table("edgefab factory train", _summary_rows(path, meta)),
+        )
+
+
+@factory_app.command("show")
+@user_errors
+def show(
+    path: Annotated[
+        Path | None, typer.Argument(help="Factory folder (default: the shipped digits factory).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What a factory was trained on and how."""
+    from edgefab.factory.store import SHIPPED, load_factory
+
+    factory = load_factory(path or SHIPPED)
+    emit({"factory": str(factory.path), **factory.meta}, as_json,
+         key_value_table("edgefab factory", _summary_rows(factory.path, factory.meta)))  # fmt: skip

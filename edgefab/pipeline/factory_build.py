@@ -1,0 +1,152 @@
+"""The factory step of ``edgefab build``: pick a factory for the data, customise it for the task.
+
+``--factory`` unset uses the shipped digits factory when the data is the data it was trained on
+(same fingerprint), and otherwise falls back to training the simple family; ``--factory PATH``
+insists (a factory for other data or another input shape is an error); ``--factory none`` always
+trains the simple family. On a target that is this machine the latency model is a measured table:
+the factory's layer shapes are measured once (cached) before customising.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgefab.arch import ArchSpec
+from edgefab.data import Dataset
+from edgefab.data.tasks import Task, apply_task
+from edgefab.errors import EdgefabError
+from edgefab.factory.customize import CustomizeOptions, customize
+from edgefab.factory.store import SHIPPED, Factory, load_factory
+from edgefab.factory.train import dataset_fingerprint
+from edgefab.pipeline.common import Progress
+from edgefab.search.spaces import CHOICES
+from edgefab.targets import Target
+from edgefab.targets.latency import latency_model
+from edgefab.targets.layers import Layer, spec_layers
+from edgefab.targets.model import LatencyModel
+
+PROFILE_NETWORKS = 10  # random sub-networks the host's per-network overhead is fitted on
+
+
+def resolve_factory(option: str | None, data: Dataset) -> tuple[Factory | None, str]:
+    """The factory ``build`` customises (or None) and why."""
+    if option == "none":
+        return None, "--factory none"
+    if option is None:
+        if not SHIPPED.is_dir():
+            return None, "no factory is shipped with this installation"
+        factory = load_factory(SHIPPED)
+        mismatch = _mismatch(factory, data)
+        if mismatch:
+            return None, f"the shipped factory does not fit this data ({mismatch})"
+        return factory, "shipped factory"
+    factory = load_factory(Path(option))
+    mismatch = _mismatch(factory, data)
+    if mismatch:
+        raise EdgefabError(f"factory {option} does not fit this data: {mismatch}; train one for it with "
+                           f"edgefab factory train --data {data.name} --out FOLDER")  # fmt: skip
+    return factory, str(option)
+
+
+def _mismatch(factory: Factory, data: Dataset) -> str | None:
+    trained = factory.meta["data"]
+    if tuple(trained["input_shape"]) != tuple(data.input_shape):
+        return f"it takes {'x'.join(map(str, trained['input_shape']))} images, the data has " + "x".join(
+            map(str, data.input_shape)
+        )
+    if list(trained["classes"]) != list(data.classes):
+        return f"it knows classes {trained['classes'][:10]}, the data has {list(data.classes)[:10]}"
+    if trained["fingerprint"] != dataset_fingerprint(data):
+        return f"it was trained on {trained['name']}, not on {data.name} (the images differ)"
+    return None
+
+
+def factory_layers(factory: Factory) -> tuple[list[Layer], list]:
+    """Every distinct layer any sub-network can have, and a few random sub-networks' specs.
+
+    A layer's shape depends on its op, its stage's width and the previous stage's width; skipping
+    keeps shapes. So every op on every slot, under every combination of stage widths, covers them.
+    """
+    space, classes = factory.space, len(factory.classes)
+    searchable = space.space.searchable()
+    layers: dict[str, Layer] = {}
+    for widths in np.array(np.meshgrid(*space.widths, indexing="ij")).reshape(len(space.widths), -1).T:
+        for op in CHOICES:
+            values = [op] * len(searchable) + [int(w) for w in widths]
+            for layer in spec_layers(space.arch(space.selection(values), classes)):
+                layers.setdefault(layer.key(), layer)
+    rng = np.random.default_rng(0)
+    specs = [space.arch(space.sample(rng), classes) for _ in range(PROFILE_NETWORKS)]
+    return list(layers.values()), specs
+
+
+def factory_latency_model(target: Target, factory: Factory, progress: Progress) -> LatencyModel:
+    """The target's latency model, with the factory's layers measured first where it is this machine."""
+    model = latency_model(target)
+    if not (target.runs_here and model.measure is not None):
+        return model
+    from edgefab.targets.measured import MeasuredTable, resolve_threads, table_path
+    from edgefab.targets.profiling import profile_layers
+
+    layers, specs = factory_layers(factory)
+    path = table_path(target, "onnxruntime", resolve_threads(target, None))
+    saved = MeasuredTable.load(path).layers if path.is_file() else {}
+    missing = [layer for layer in layers if layer.key() not in saved]
+    if missing:
+        progress.stage(f"measuring the factory's {len(missing)} layer shapes on this machine (once, cached)")
+        profile_layers(target, missing, specs, progress=progress, rounds=2)
+        model = latency_model(target)
+    return model
+
+
+@dataclass
+class ChosenModel:
+    """The network ``build`` exports, the task's data splits it is measured on, and how it came to be."""
+
+    model: torch.nn.Module
+    spec: ArchSpec
+    train: Dataset  # labelled by the task's outputs
+    val: Dataset
+    prep: dict
+    info: dict[str, Any]
+
+
+def customize_for_build(
+    factory: Factory,
+    why: str,
+    task: Task,
+    target: Target,
+    budget_ms: float | None,
+    train: Dataset,
+    val: Dataset,
+    options: CustomizeOptions,
+    progress: Progress,
+) -> ChosenModel:
+    """Customise ``factory`` for the task and budget on ``target`` (``train``/``val``: all-class labels)."""
+    model = factory_latency_model(target, factory, progress)
+    progress.stage(f"customising the factory for task '{task.text}' on {target.name}")
+    chosen = customize(factory, task, model, budget_ms, train, val, options)
+    info = {
+        "model": "factory",
+        "factory": {
+            "path": "shipped" if factory.path == SHIPPED else str(factory.path),
+            "why": why,
+            "space": factory.space.name,
+            "modules": chosen.selection.to_dict(),
+            "predicted_ms": round(chosen.predicted_ms, 4),
+            "latency_model": f"{model.kind}: {model.method}",
+            "relative_budget": round(chosen.relative_budget, 4),
+            "task_accuracy_validation": round(chosen.accuracy, 5),
+            "candidates_scored": chosen.candidates,
+            "seconds": {k: round(v, 3) for k, v in chosen.seconds.items()},
+            "finetune_epochs": options.finetune_epochs,
+        },
+    }
+    return ChosenModel(
+        chosen.network, chosen.spec, apply_task(train, task), apply_task(val, task), factory.prep, info
+    )

@@ -1,0 +1,158 @@
+"""``edgefab factory train``: data -> a factory folder (supernet + assembler), written atomically.
+
+1. the modular supernet is trained with the sandwich rule (:mod:`edgefab.factory.supertrain`);
+2. a pool of sub-networks (the smallest, the largest and random ones) is scored on validation
+   data with recalibrated batch norms, and costed with the latency models of ``assembler_targets``;
+3. the assembler is trained on sampled (task, budget, target) scenarios over that pool.
+
+Started by ``torchrun``, step 1 runs in every process and rank 0 does the rest and writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import edgefab
+from edgefab.data import load_dataset, normalization, train_val_split
+from edgefab.data.tasks import all_classes
+from edgefab.errors import EdgefabError
+from edgefab.factory.assembler import AssemblerConfig, train_assembler
+from edgefab.factory.scoring import all_class_logits, subnetwork, task_accuracy
+from edgefab.factory.space import factory_space, space_for_shape
+from edgefab.factory.store import META_FILE, Factory, save_factory
+from edgefab.factory.supernet import ModularSupernet
+from edgefab.factory.supertrain import SupernetTrainConfig, init_distributed, train_supernet, world
+from edgefab.factory.train import dataset_fingerprint
+from edgefab.pipeline.common import Progress, SilentProgress
+from edgefab.targets.latency import latency_model
+
+ASSEMBLER_TARGETS = ("pixel", "note10")
+
+
+@dataclass(frozen=True)
+class FactoryJob:
+    """What ``edgefab factory train`` was asked for."""
+
+    data: str = "mnist"
+    out: Path = Path("factories/mnist")
+    space: str | None = None  # default: the built-in space for the data's image shape
+    epochs: int = 6
+    random_subnets: int = 2
+    pool: int = 192
+    pool_samples: int = 600  # validation images each pool member is scored on
+    assembler_steps: int = 1500
+    seed: int = 0
+    train_samples: int | None = None  # a subset, for quick runs and tests
+
+
+def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train and write the factory folder ``job.out``; returns it and its ``factory.json``."""
+    progress = progress or SilentProgress()
+    out = Path(job.out)
+    if out.exists() and not (out / META_FILE).is_file():
+        raise EdgefabError(f"{out} exists and is not a factory folder; remove it or choose another --out")
+    init_distributed()
+    rank, size = world()
+    progress.stage(f"loading data {job.data}")
+    data = load_dataset(job.data)
+    fspace = factory_space(job.space) if job.space else space_for_shape(data.input_shape)
+    if tuple(fspace.space.input_shape) != data.input_shape:
+        raise EdgefabError(f"space {fspace.name} takes {fspace.space.input_shape} images, the data has "
+                           f"{data.input_shape}; choose another --space")  # fmt: skip
+    train, val = train_val_split(data, seed=job.seed)
+    if job.train_samples:
+        train = train.subset(np.random.default_rng(job.seed).permutation(len(train))[: job.train_samples])
+    prep = normalization(train)
+    config = SupernetTrainConfig(epochs=job.epochs, random_subnets=job.random_subnets, seed=job.seed)
+    torch.manual_seed(job.seed)
+    supernet = ModularSupernet(fspace, data.num_classes)
+    progress.stage(f"training the supernet ({job.epochs} epochs, sandwich rule, {size} process(es))")
+    seconds = train_supernet(supernet, train, prep, config, progress.advance)
+    if rank != 0:
+        return out, {}
+    start = time.perf_counter()
+    val_sample = val.subset(np.random.default_rng(job.seed).permutation(len(val))[: job.pool_samples])
+    pool, logits = score_pool(supernet, train, val_sample, prep, job.pool, job.seed, progress)
+    progress.stage(f"costing the pool on {', '.join(ASSEMBLER_TARGETS)}")
+    latencies = {
+        name: np.array([latency_model(name).total_ms(fspace.arch(s, data.num_classes)) for s in pool])
+        for name in ASSEMBLER_TARGETS
+    }
+    progress.stage(f"training the assembler ({job.assembler_steps} steps)")
+    assembler_config = AssemblerConfig(steps=job.assembler_steps, seed=job.seed)
+    assembler, assembler_summary = train_assembler(
+        fspace, pool, logits, val_sample.labels, latencies, assembler_config
+    )
+    accuracy = task_accuracy(logits, val_sample.labels, all_classes(data.classes))
+    meta = {
+        "edgefab": edgefab.__version__,
+        "torch": torch.__version__,
+        "space": fspace.name,
+        "widths": [list(w) for w in fspace.widths],
+        "data": {
+            "spec": job.data,
+            "name": data.name,
+            "classes": list(data.classes),
+            "input_shape": list(data.input_shape),
+            "fingerprint": dataset_fingerprint(data),
+            "train_samples": len(train),
+            "split_seed": job.seed,
+        },  # fmt: skip
+        "preprocessing": prep,
+        "training": {**asdict(config), "processes": size, "seconds": round(seconds, 1)},
+        "pool": {
+            "size": len(pool),
+            "scored_on": len(val_sample),
+            "seconds": round(time.perf_counter() - start, 1),
+            "accuracy_smallest": round(float(accuracy[0]), 4),
+            "accuracy_largest": round(float(accuracy[1]), 4),
+            "accuracy_median": round(float(np.median(accuracy)), 4),
+        },  # fmt: skip
+        "assembler": assembler_summary,
+    }
+    progress.stage(f"writing {out}")
+    _write(out, Factory(meta, supernet, assembler))
+    return out, {**meta}
+
+
+def score_pool(supernet, train, val, prep, count: int, seed: int, progress: Progress):
+    """The smallest, the largest and ``count - 2`` random sub-networks, with their all-class logits
+    on ``val`` (pool, samples, classes)."""
+    fspace = supernet.fspace
+    rng = np.random.default_rng(seed + 1)
+    pool = [fspace.smallest(), fspace.largest()]
+    seen = {fspace.smallest(), fspace.largest()}
+    while len(pool) < count:
+        selection = fspace.sample(rng)
+        if selection not in seen:
+            seen.add(selection)
+            pool.append(selection)
+    progress.stage(f"scoring {count} sub-networks on {len(val)} validation images")
+    logits = []
+    for done, selection in enumerate(pool, 1):
+        logits.append(all_class_logits(subnetwork(supernet, selection, train, prep), val.images, prep))
+        progress.advance(done, len(pool))
+    return pool, np.stack(logits)
+
+
+def _write(out: Path, factory: Factory) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        save_factory(staging, factory)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

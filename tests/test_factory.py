@@ -1,0 +1,213 @@
+"""The model factory: its space, supernet, tasks, assembler, store and customisation."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edgefab.data import load_dataset, train_val_split
+from edgefab.data.tasks import Task, apply_task, parse_task
+from edgefab.errors import EdgefabError
+from edgefab.factory.assembler import AssemblerConfig, relative_budget, train_assembler
+from edgefab.factory.customize import CustomizeOptions, customize, latency_range
+from edgefab.factory.scoring import task_accuracy
+from edgefab.factory.space import FACTORY_SPACES, ModuleSelection
+from edgefab.factory.store import load_factory
+from edgefab.factory.supernet import ModularSupernet
+from edgefab.targets.latency import latency_model
+
+SPACE = FACTORY_SPACES["digits-28"]
+DIGITS = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return train_val_split(load_dataset("mnist"))
+
+
+def test_space_stages_and_widths():
+    assert SPACE.stages() == [[1, 2, 3], [4, 5, 6], [7, 8]]
+    spec = SPACE.arch(SPACE.smallest(), 10)
+    assert [b.out_channels for b in spec.blocks] == [16, 16, 16, 16, 24, 24, 24, 48, 48]
+    assert spec.notation()[2:4] == ["skip", "skip"]
+    assert SPACE.arch(SPACE.largest(), 10).macs() > 5 * spec.macs()
+    with pytest.raises(EdgefabError, match=r"stage1-width allows \(24, 32, 40\), not 36"):
+        SPACE.arch(ModuleSelection(SPACE.largest().choices, (24, 36, 80)), 10)
+
+
+def test_extracted_subnetwork_computes_what_the_supernet_does():
+    torch.manual_seed(0)
+    supernet = ModularSupernet(SPACE, 10)
+    for module in supernet.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics, so slicing errors show
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+    supernet.eval()
+    x = torch.randn(3, 1, 28, 28)
+    rng = np.random.default_rng(0)
+    for selection in [SPACE.smallest(), SPACE.largest()] + [SPACE.sample(rng) for _ in range(6)]:
+        spec, network = supernet.extract(selection)
+        assert spec.to_dict() == SPACE.arch(selection, 10).to_dict()
+        with torch.no_grad():
+            assert (supernet(x, selection) - network(x)).abs().max() < 1e-4
+
+
+def test_tasks_parse_and_relabel():
+    subset = parse_task("classes=3,1", DIGITS)
+    assert subset.names == ["3", "1"] and subset.classes() == [1, 3]
+    groups = parse_task("groups=even:0,2,4,6,8/odd:1,3,5,7,9", DIGITS)
+    assert groups.names == ["even", "odd"] and list(groups.group_of(10)) == [0, 1] * 5
+    data = load_dataset("mnist").subset(list(range(200)))
+    relabelled = apply_task(data, subset)
+    assert relabelled.classes == ["3", "1"] and set(relabelled.labels) == {0, 1}
+    assert len(relabelled) == int(np.isin(data.labels, [1, 3]).sum())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("classes=0,1,12", "names class '12' but the data's classes are: 0, 1, 2"),
+        ("classes=", "names no class"),
+        ("classes=4", "has 1 output"),
+        ("groups=a:0,1/b:1,2", "names a class twice"),
+        ("groups=0,1,2", "write each group as NAME:A,B"),
+        ("digits=0,1", "use classes=A,B"),
+    ],
+)
+def test_bad_tasks(text, message):
+    with pytest.raises(EdgefabError, match=message):
+        parse_task(text, DIGITS)
+
+
+def test_task_accuracy_reads_groups_from_all_class_logits():
+    logits = np.log(np.array([[0.1, 0.5, 0.4], [0.6, 0.1, 0.3], [0.2, 0.3, 0.5]]))
+    labels = np.array([1, 0, 2])
+    assert task_accuracy(logits, labels, parse_task("classes=0,1,2", ["0", "1", "2"])) == 1.0
+    grouping = Task((("a", (0, 1)), ("b", (2,))), "g")  # row 1: 0.6 + 0.1 > 0.3, row 2: 0.5 ~ 0.2 + 0.3
+    assert task_accuracy(logits[:2], labels[:2], grouping) == 1.0
+    only_two = parse_task("classes=1,2", ["0", "1", "2"])  # sample 1 (class 0) is not counted
+    assert task_accuracy(logits, labels, only_two) == 1.0
+
+
+def test_assembler_learns_to_spend_the_budget():
+    """On a synthetic pool where wider stages are both more accurate and slower, the assembler must
+    put wide stages at a large budget and narrow ones at a small budget."""
+    rng = np.random.default_rng(0)
+    pool = [SPACE.smallest(), SPACE.largest()] + [SPACE.sample(rng) for _ in range(60)]
+    size = np.array([sum(SPACE.values(s)[-3:]) for s in pool], float)
+    samples = 200
+    labels = rng.integers(0, 10, samples)
+    share = 0.5 + 0.4 * (size - size.min()) / np.ptp(size)  # of the samples each member gets right
+    correct = np.arange(samples)[None] < np.round(share * samples)[:, None]
+    truth = np.eye(10)[labels][None]  # right: the true class's logit is highest; wrong: lowest
+    logits = np.where(correct[..., None], truth, -truth)
+    latency = {"synthetic": 0.1 * size}
+    assembler, _ = train_assembler(
+        SPACE, pool, logits, labels, latency, AssemblerConfig(scenarios=40, steps=300)
+    )
+    task = parse_task("classes=0,1,2,3", DIGITS)
+    at_full = assembler.distribution(task, 1.0)[-3:]  # the three stage widths
+    at_none = assembler.distribution(task, 0.0)[-3:]
+    assert [int(p.argmax()) for p in at_full] == [len(p) - 1 for p in at_full], at_full
+    assert [int(p.argmax()) for p in at_none] == [0, 0, 0], at_none
+
+
+def test_relative_budget():
+    assert relative_budget(1.0, 1.0, 4.0) == 0.0
+    assert relative_budget(2.0, 1.0, 4.0) == pytest.approx(0.5)
+    assert relative_budget(9.0, 1.0, 4.0) == 1.0
+
+
+def test_factory_round_trip_and_corruption(tiny_factory, tmp_path):
+    path, meta = tiny_factory
+    assert meta["data"]["classes"] == DIGITS and meta["pool"]["size"] == 8
+    factory = load_factory(path)
+    assert factory.space.name == "digits-28" and factory.prep == meta["preprocessing"]
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    with open(broken / "supernet.safetensors", "r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\xff\xff\xff\xff")
+    with pytest.raises(EdgefabError, match="supernet.safetensors is missing or corrupted"):
+        load_factory(broken)
+    (broken / "factory.json").write_text("{not json")
+    with pytest.raises(EdgefabError, match="is not valid JSON"):
+        load_factory(broken)
+    with pytest.raises(EdgefabError, match="is not a factory"):
+        load_factory(tmp_path)
+
+
+def test_customize_meets_the_budget(tiny_factory, digits):
+    train, val = digits
+    factory = load_factory(tiny_factory[0])
+    model = latency_model("pixel")
+    smallest, largest = latency_range(factory, model)
+    budget = (smallest * largest) ** 0.5
+    task = parse_task("groups=low:0,1,2,3,4/high:5,6,7,8,9", DIGITS)
+    options = CustomizeOptions(scored=2, val_samples=100, head_samples=200)
+    chosen = customize(factory, task, model, budget, train, val, options)
+    assert chosen.predicted_ms <= budget
+    assert chosen.predicted_ms == pytest.approx(model.total_ms(chosen.spec.__class__.from_dict(
+        {**chosen.spec.to_dict(), "num_classes": 10})), rel=1e-6)  # fmt: skip
+    assert chosen.spec.num_classes == 2 and chosen.network.classifier.out_features == 2
+    assert 0.0 < chosen.relative_budget < 1.0 and len(chosen.candidates) == 2
+    with torch.no_grad():
+        assert chosen.network(torch.zeros(1, 1, 28, 28)).shape == (1, 2)
+    with pytest.raises(
+        EdgefabError, match=r"no sub-network of the factory meets 0.001 ms on pixel: the smallest"
+    ):
+        customize(factory, task, model, 0.001, train, val, options)
+
+
+def test_factory_for_other_data_is_refused(tiny_factory, tmp_path):
+    from edgefab.pipeline.factory_build import resolve_factory
+
+    data = load_dataset("mnist")
+    factory, why = resolve_factory(str(tiny_factory[0]), data)
+    assert factory is not None
+    other = data.subset(list(range(500)))
+    with pytest.raises(EdgefabError, match="it was trained on mnist, not on mnist"):
+        resolve_factory(str(tiny_factory[0]), other)
+    npz = tmp_path / "colour.npz"
+    np.savez(npz, images=np.zeros((20, 32, 32, 3), np.uint8), labels=np.arange(20) % 10)
+    with pytest.raises(EdgefabError, match="it takes 1x28x28 images, the data has 3x32x32"):
+        resolve_factory(str(tiny_factory[0]), load_dataset(str(npz)))
+    factory, why = resolve_factory(None, other)  # the default falls back instead
+    assert factory is None and "does not fit" in why
+
+
+def test_factory_show_cli(tiny_factory):
+    from typer.testing import CliRunner
+
+    from edgefab.cli import app
+
+    result = CliRunner().invoke(app, ["factory", "show", str(tiny_factory[0]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["space"] == "digits-28"
+    result = CliRunner().invoke(app, ["factory", "show", str(tiny_factory[0].parent / "absent")])
+    assert result.exit_code == 2 and "is not a factory" in result.output
+
+
+@pytest.mark.slow
+def test_supernet_training_under_torchrun(tmp_path):
+    """Two processes (gloo on CPU) train one supernet; rank 0 writes the factory."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "factory"
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from edgefab.pipeline.factory_train import FactoryJob, train_factory\n"
+        f"train_factory(FactoryJob(out=Path({str(out)!r}), epochs=1, pool=8, pool_samples=50,"
+        " assembler_steps=10, train_samples=256))\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((out / "factory.json").read_text())
+    assert meta["training"]["processes"] == 2
+    load_factory(out)
