@@ -13,7 +13,11 @@ from edgefab.console import emit, user_errors
 quantize_app = typer.Typer(help="Quantized packages: reports.", no_args_is_help=True)
 
 QuantizeOption = Annotated[
-    str | None, typer.Option("--quantize", help="Quantize the model: int8 (static, QDQ, ONNX Runtime).")
+    str | None,
+    typer.Option(
+        "--quantize",
+        help="Quantize the model: int8 (static, QDQ, ONNX Runtime), or w4/w8 (weight-only GPTQ).",
+    ),
 ]
 MaxDropOption = Annotated[
     float,
@@ -35,13 +39,29 @@ CalibrationDataOption = Annotated[
         help=".npz with one array per input (or .npy for one input): N preprocessed float samples.",
     ),
 ]
+GroupSizeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--group-size",
+        help="w4/w8: weight columns per scale (default 128), 'channel', or 'auto' (FineQuant, per matrix).",
+    ),
+]
+ActOrderOption = Annotated[
+    bool, typer.Option("--act-order", help="w4/w8: GPTQ quantizes columns by decreasing activation energy.")
+]
 
 
 def quantization_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     """Summary-table rows for a quantized package (none for a float one)."""
+    from edgefab.compress.weight_report import is_weight_only, summary_rows
+
     section = manifest.get("quantization")
     if not section:
         return []
+    if is_weight_only(section):
+        tvm = manifest.get("engines", {}).get("tvm", {})
+        extra = [("TVM arithmetic", tvm["arithmetic"])] if tvm.get("arithmetic") else []
+        return [*summary_rows(section), *extra]
     settings, acc, size = section["settings"], section["accuracy"], section["bytes"]
     latency = section["latency"]
     rows: list[tuple[str, Any]] = [
@@ -80,11 +100,16 @@ def report(
     """Per-layer error table and accuracy/size/latency before and after quantization."""
     from rich.console import Group
 
+    from edgefab.compress import weight_report
     from edgefab.compress.report import layer_table, read_report, summary_table
     from edgefab.console import stdout
 
     data = read_report(path)
     if as_json:
         emit(data, as_json)
+        return
+    if weight_report.is_weight_only(data):
+        tables = weight_report.summary_table(data), weight_report.layer_table(data["layers"], rows)
+        stdout.print(Group(*tables))
         return
     stdout.print(Group(summary_table(data), layer_table(data["layers"], rows)))

@@ -16,6 +16,9 @@ points:
 Where the target runs on this machine, int8 is evaluated as ONNX Runtime runs it here (fused integer
 kernels); for other targets, with the exact QDQ arithmetic (no fused kernels) that the device's
 kernels reproduce: this machine's x86 kernels may saturate where the device's do not.
+
+``w4``/``w8`` (weight-only GPTQ, ``--group-size``, ``--act-order``) take the same request and the
+same guard; their step is :mod:`edgefab.pipeline.weight_only`.
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ from edgefab.compress.cpu import target_cpu
 from edgefab.compress.evaluate import agreement, first_outputs, kernel_check, session, top1_accuracy
 from edgefab.compress.int8 import Int8Options, Int8Result, quantize_int8
 from edgefab.compress.report import REPORT_FILE, layer_errors, suggested_exclusions, top_rows_text
+from edgefab.compress.weight_only import WeightOnlyOptions
 from edgefab.data import Dataset, to_float
 from edgefab.errors import EdgefabError
 from edgefab.targets import Target
 from edgefab.targets.latency import time_calls
 
-METHODS = ("int8",)
+METHODS = ("int8", "w4", "w8")  # w4/w8: weight-only GPTQ, see edgefab.pipeline.weight_only
 LAYER_SAMPLES = 32  # calibration samples the per-layer table is computed on
 TVM_ARITHMETIC = (
     "float32: TVM 0.27's ONNX importer dequantizes the QDQ graph (int8 values and scales become "
@@ -63,6 +67,7 @@ class QuantizeRequest:
     max_accuracy_drop: float = 1.0  # points
     int8: Int8Options = Int8Options()
     calibration_data: Path | None = None
+    weights: WeightOnlyOptions = WeightOnlyOptions()  # w4/w8 settings
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -81,14 +86,25 @@ def make_request(
     calibration: str = "minmax",
     exclude_nodes: tuple[str, ...] | list[str] = (),
     calibration_data: Path | None = None,
+    group_size: int | str | None = None,
+    act_order: bool = False,
 ) -> QuantizeRequest | None:
     """A checked request from command-line values; None when ``quantize`` is None."""
     if quantize is None:
         if calibration_data is not None or exclude_nodes:
             raise EdgefabError("--calibration-data and --exclude-nodes need --quantize int8")
+        if group_size is not None or act_order:
+            raise EdgefabError("--group-size and --act-order need --quantize w4 or w8")
         return None
     names = tuple(n.strip() for item in exclude_nodes for n in item.split(",") if n.strip())
     options = Int8Options(calibration=calibration, exclude_nodes=names)
+    if quantize in ("w4", "w8"):
+        weights = WeightOnlyOptions(
+            bits=int(quantize[1:]), group_size=group_size or 128, act_order=act_order, exclude_nodes=names
+        )
+        return QuantizeRequest(quantize, max_accuracy_drop, options, calibration_data, weights)
+    if group_size is not None or act_order:
+        raise EdgefabError("--group-size and --act-order are for weight-only quantization (--quantize w4/w8)")
     return QuantizeRequest(quantize, max_accuracy_drop, options, calibration_data)
 
 
@@ -97,18 +113,22 @@ class Quantized:
     """The quantized model and what the manifest and package get from the step."""
 
     path: Path
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # the graph TVM compiles: the QDQ model, or for w4/w8 its float twin
     score: float  # the int8 accuracy or agreement that the guard accepted, 0..1
     section: dict[str, Any]  # manifest["quantization"]
     report_path: Path
     tvm_tolerance: float
+    tvm_arithmetic: str = TVM_ARITHMETIC  # what the TVM library computes in, for the manifest
+    ort_config: dict[str, str] | None = None  # ONNX Runtime session config entries the package needs
 
     def annotate(self, manifest: dict[str, Any]) -> None:
         """Add the quantization section, and say what arithmetic the TVM library runs in."""
         manifest["quantization"] = self.section
+        if self.ort_config:
+            manifest.get("engines", {}).get("onnxruntime", {})["session_config"] = dict(self.ort_config)
         tvm = manifest.get("engines", {}).get("tvm", {})
         if "error" not in tvm:
-            tvm["arithmetic"] = TVM_ARITHMETIC
+            tvm["arithmetic"] = self.tvm_arithmetic
             tvm["tolerance_vs_onnxruntime"] = self.tvm_tolerance
 
 
@@ -143,6 +163,12 @@ def quantize_classifier(
     work: Path,
 ) -> Quantized:
     """Quantize a classifier; the guard uses top-1 accuracy on ``validation`` (inputs, labels)."""
+    if request.method != "int8":
+        from edgefab.pipeline.weight_only import quantize_classifier_weights
+
+        return quantize_classifier_weights(
+            request, fp32_path, target, calibration, validation, fp32_accuracy, work
+        )
     result = _quantize(request, fp32_path, target, calibration, work)
     inputs, labels = validation
     name = onnx.load(str(fp32_path)).graph.input[0].name
@@ -157,6 +183,10 @@ def quantize_model(
     request: QuantizeRequest, fp32_path: Path, target: Target, signature: list[dict], work: Path
 ) -> Quantized:
     """Quantize any model; the guard uses agreement with the float model on held-out samples."""
+    if request.method != "int8":
+        from edgefab.pipeline.weight_only import quantize_model_weights
+
+        return quantize_model_weights(request, fp32_path, target, signature, work)
     given = calibration_feeds(request, signature)
     source = str(request.calibration_data) if given is not None else "synthetic (seeded standard normal)"
     feeds = given if given is not None else synthetic_feeds(signature, request.int8.samples + 32)

@@ -18,12 +18,14 @@ ENGINES = ("auto", "onnxruntime", "tvm")
 
 
 class _OrtEngine:
-    def __init__(self, model_path: Path, provider: str, threads: int):
+    def __init__(self, model_path: Path, provider: str, threads: int, config: dict[str, str] | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        for key, value in (config or {}).items():  # e.g. weight-only packages fold DequantizeLinear at load
+            options.add_session_config_entry(key, str(value))
         available = ort.get_available_providers()
         providers = [provider] if provider in available else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
@@ -54,7 +56,10 @@ class Package:
         threads = int(manifest.get("target", {}).get("threads", 0) or 0)
         if engine == "onnxruntime":
             self._runner = _OrtEngine(
-                path / entry["file"], entry.get("provider", "CPUExecutionProvider"), threads
+                path / entry["file"],
+                entry.get("provider", "CPUExecutionProvider"),
+                threads,
+                entry.get("session_config"),
             )
         else:
             from edgefab.runtime.tvm_engine import TVMEngine
