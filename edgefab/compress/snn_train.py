@@ -1,0 +1,262 @@
+"""IIR-SNN training: convert a trained ANN, train through time at the longest T, then at each shorter
+T starting from the previous stage's network, down to the last (usually T=1).
+
+Each stage is backpropagation through time over the unrolled timesteps (surrogate gradients, see
+:mod:`edgefab.compress.snn`), AdamW on weights, thresholds and leaks with a cosine schedule, then
+validation accuracy and per-layer spike rates at that T, and the energy estimate
+(:mod:`edgefab.compress.snn_energy`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgefab.compress.snn import (
+    SURROGATE_ALPHA,
+    THRESHOLD_PERCENTILE,
+    SpikingNetwork,
+    SynapticLayer,
+    convert,
+    synaptic_layers,
+)
+from edgefab.compress.snn_energy import energy_summary
+from edgefab.data import Dataset, to_float
+from edgefab.errors import EdgefabError
+
+StageFn = Callable[[str], None]
+AdvanceFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SnnOptions:
+    """Settings of an IIR-SNN conversion and training."""
+
+    timesteps: tuple[int, ...] = (5, 3, 2, 1)  # strictly decreasing; the last is the one shipped
+    epochs_per_stage: int = 1
+    last_stage_epochs: int | None = 3  # the shipped (shortest, cheapest) T trains longer; None: as the rest
+    lr: float = 1e-3
+    threshold_lr_scale: float = 30.0  # thresholds and leaks learn this much faster than weights
+    surrogate_alpha: float = SURROGATE_ALPHA
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    percentile: float = THRESHOLD_PERCENTILE  # of pre-activations, for the initial thresholds
+    calibration_samples: int = 512  # training images the thresholds are set on
+    rate_samples: int = 512  # validation images the spike rates are measured on
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_timesteps(self.timesteps)
+        if self.epochs_per_stage < 0:
+            raise EdgefabError(f"epochs per stage must be 0 or more, got {self.epochs_per_stage}")
+
+    def epochs_for(self, timesteps: int) -> int:
+        """Training epochs of the stage at ``timesteps``."""
+        last = timesteps == self.timesteps[-1] and self.last_stage_epochs is not None
+        return self.last_stage_epochs if last else self.epochs_per_stage
+
+
+def check_timesteps(timesteps: tuple[int, ...]) -> tuple[int, ...]:
+    """``timesteps`` if it is a strictly decreasing sequence of integers >= 1, else an EdgefabError."""
+    values = tuple(timesteps)
+    if not values:
+        raise EdgefabError("--timesteps is empty; give a decreasing list such as 5,3,2,1")
+    if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in values):
+        raise EdgefabError(f"timesteps must be integers of 1 or more, got {','.join(map(str, values))}")
+    if any(b >= a for a, b in zip(values, values[1:], strict=False)):
+        raise EdgefabError(
+            f"timesteps must be strictly decreasing (each stage starts from the longer one before it), "
+            f"got {','.join(map(str, values))}; e.g. 5,3,2,1"
+        )
+    return values
+
+
+def parse_timesteps(text: str) -> tuple[int, ...]:
+    """``"5,3,2,1"`` -> ``(5, 3, 2, 1)``, checked."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise EdgefabError(
+            f"--timesteps takes comma-separated integers such as 5,3,2,1, got '{text}'"
+        ) from None
+    return check_timesteps(values)
+
+
+@dataclass
+class StageResult:
+    """One timestep count: accuracy before and after its training, spike rates, energy."""
+
+    timesteps: int
+    start_accuracy: float  # converted (first stage) or inherited from the previous stage
+    accuracy: float
+    spike_rates: dict[str, float]
+    energy: dict[str, Any]
+    seconds: float
+    state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stage as plain data (weights left out)."""
+        data = asdict(self)
+        del data["state"]
+        data["mean_spike_rate"] = float(np.mean(list(self.spike_rates.values())))
+        return data
+
+
+@dataclass
+class SnnResult:
+    """What :func:`convert_and_train` produced: the last stage's network and every stage's figures."""
+
+    network: SpikingNetwork
+    ann_accuracy: float
+    stages: list[StageResult]
+    layers: list[SynapticLayer]
+    initial_thresholds: dict[str, float]
+    options: SnnOptions
+
+    def network_at(self, timesteps: int) -> SpikingNetwork:
+        """A copy of the network as trained at ``timesteps`` (to export any stage)."""
+        for stage in self.stages:
+            if stage.timesteps == timesteps:
+                net = copy.deepcopy(self.network)
+                net.load_state_dict(stage.state)
+                net.timesteps = timesteps
+                return net.eval()
+        raise EdgefabError(f"no stage ran at T={timesteps}; stages: {[s.timesteps for s in self.stages]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-able data (``snn.json``)."""
+        return {
+            "method": "IIR-SNN (Chowdhury, Rathi, Roy): BPTT at each T, initialised from the previous T",
+            "options": {**asdict(self.options), "timesteps": list(self.options.timesteps)},
+            "ann_accuracy": self.ann_accuracy,
+            "initial_thresholds": self.initial_thresholds,
+            "thresholds": {n: u.lif.threshold.item() for n, u in self.network.units().items()},
+            "leaks": {n: u.lif.leak.clamp(0, 1).item() for n, u in self.network.units().items()},
+            "synaptic_layers": [asdict(layer) for layer in self.layers],
+            "stages": [stage.to_dict() for stage in self.stages],
+        }
+
+
+def _tensors(data: Dataset, prep: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(to_float(data.images, prep)), torch.from_numpy(data.labels.astype(np.int64))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
+    """Top-1 accuracy in [0, 1] (eval mode)."""
+    model.eval()
+    correct = sum(
+        int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
+        for i in range(0, len(labels), batch)
+    )
+    return correct / max(1, len(labels))
+
+
+@torch.no_grad()
+def measure_spike_rates(net: SpikingNetwork, images: torch.Tensor, batch: int = 256) -> dict[str, float]:
+    """Per-layer fraction of neurons firing per timestep on ``images`` (eval mode)."""
+    net.eval()
+    net.record_spikes(True)
+    try:
+        for i in range(0, len(images), batch):
+            net(images[i : i + batch])
+        return net.spike_rates()
+    finally:
+        net.record_spikes(False)
+
+
+def train_stage(
+    net: SpikingNetwork,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    options: SnnOptions,
+    epochs: int,
+    advance: AdvanceFn | None = None,
+) -> None:
+    """Backpropagation through ``net.timesteps`` unrolled steps, ``epochs`` epochs."""
+    steps_per_epoch = max(1, len(labels) // options.batch_size)
+    total = epochs * steps_per_epoch
+    if total == 0:
+        return
+    neuron = [p for n, p in net.named_parameters() if n.endswith(("lif.threshold", "lif.leak"))]
+    weights = [p for n, p in net.named_parameters() if not n.endswith(("lif.threshold", "lif.leak"))]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": weights, "weight_decay": options.weight_decay},
+            {"params": neuron, "lr": options.lr * options.threshold_lr_scale, "weight_decay": 0.0},
+        ],
+        lr=options.lr,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
+    )
+    generator = torch.Generator().manual_seed(options.seed + net.timesteps)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+    done = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for step in range(steps_per_epoch):
+            batch = order[step * options.batch_size : (step + 1) * options.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(net(images[batch]), labels[batch]).backward()
+            optimizer.step()
+            schedule.step()
+            done += 1
+            if advance and (done % 10 == 0 or done == total):
+                advance(done, total)
+    net.eval()
+
+
+def convert_and_train(
+    network: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    prep: dict,
+    options: SnnOptions | None = None,
+    stage: StageFn | None = None,
+    advance: AdvanceFn | None = None,
+) -> SnnResult:
+    """Convert the trained ``network`` and train it at each of ``options.timesteps`` in turn.
+
+    ``stage(text)`` is told when a stage begins and ``advance(done, total)`` how far its training got.
+    """
+    options = options or SnnOptions()
+    torch.manual_seed(options.seed)
+    train_x, train_y = _tensors(train, prep)
+    val_x, val_y = _tensors(val, prep)
+    ann_accuracy = accuracy(network, val_x, val_y)
+    calibration = train_x[torch.randperm(len(train_x))[: options.calibration_samples]]
+    net = convert(network, calibration, options.percentile, options.surrogate_alpha)
+    initial = {name: unit.lif.threshold.item() for name, unit in net.units().items()}
+    layers = synaptic_layers(net, tuple(train_x.shape[1:]))
+    stages = []
+    for timesteps in options.timesteps:
+        epochs = options.epochs_for(timesteps)
+        if stage:
+            stage(f"SNN: training through time at T={timesteps} ({epochs} epoch(s))")
+        start = time.perf_counter()
+        net.timesteps = timesteps
+        start_accuracy = accuracy(net, val_x, val_y)
+        train_stage(net, train_x, train_y, options, epochs, advance)
+        rates = measure_spike_rates(net, val_x[: options.rate_samples])
+        stages.append(
+            StageResult(
+                timesteps,
+                start_accuracy,
+                accuracy(net, val_x, val_y),
+                rates,
+                energy_summary(layers, rates, timesteps),
+                time.perf_counter() - start,
+                copy.deepcopy(net.state_dict()),
+            )
+        )
+    return SnnResult(net, ann_accuracy, stages, layers, initial, options)
