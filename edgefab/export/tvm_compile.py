@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from edgefab.errors import EdgefabError, UnsupportedOperatorError
-from edgefab.export import graph
+from edgefab.export import graph, opencl, tuning
 from edgefab.targets import Target
 
 # Handled by the importer itself rather than its converter map.
@@ -32,6 +33,8 @@ class CompiledArtifact:
     tvm_target: dict[str, Any]
     note: str
     runs_here: bool
+    extra_files: dict[str, Path] = field(default_factory=dict)  # shipped beside the library
+    details: dict[str, Any] = field(default_factory=dict)  # added to the manifest's engines.tvm
 
 
 def resolve_tvm_target(target: Target) -> dict[str, Any]:
@@ -44,6 +47,14 @@ def resolve_tvm_target(target: Target) -> dict[str, Any]:
         resolved["mcpu"] = codegen.llvm_get_system_cpu()
         resolved.setdefault("mtriple", codegen.llvm_get_system_triple())
     return resolved
+
+
+def check_compilable(target: Target, tune: bool = False) -> None:
+    """Fail before any work for a target this TVM cannot generate code for (or tune, with ``tune``)."""
+    tvm_target = resolve_tvm_target(target)
+    opencl.check_codegen(tvm_target)
+    if tune:
+        tuning.check_tunable(target, tvm_target)
 
 
 def unsupported_operators(model: onnx.ModelProto) -> list[str]:
@@ -68,11 +79,19 @@ def _op_types(g: onnx.GraphProto) -> set[str]:
 
 
 def compile_onnx(
-    model: onnx.ModelProto, target: Target, out_dir: Path, name: str = "model"
+    model: onnx.ModelProto,
+    target: Target,
+    out_dir: Path,
+    name: str = "model",
+    tune: tuning.TuneOptions | None = None,
+    on_trial: Callable[[int, int], None] | None = None,
 ) -> CompiledArtifact:
-    """Import ``model`` into Relax, build it for ``target`` and write the library into ``out_dir``."""
-    import tvm
+    """Import ``model`` into Relax, build it for ``target`` and write the library into ``out_dir``.
 
+    CPU code applies the target's tuning database where one exists (after tuning the kernels it
+    lacks with MetaSchedule when ``tune`` is given); OpenCL code is scheduled by dlight rules and its
+    source ships as ``kernels.cl``.
+    """
     symbolic = [s for s in graph.input_signature(model) if any(isinstance(d, str) for d in s["shape"])]
     if symbolic:
         raise EdgefabError(
@@ -83,15 +102,37 @@ def compile_onnx(
     missing = unsupported_operators(model)
     if missing:
         raise UnsupportedOperatorError(missing)
+    check_compilable(target, tune is not None)
     tvm_target = resolve_tvm_target(target)
-    executable = tvm.compile(_import(model), tvm.target.Target(tvm_target))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Path] = {}
+    if opencl.is_opencl(tvm_target):
+        executable, source, schedules = opencl.compile_opencl(_import(model), tvm_target)
+        extra[opencl.KERNELS_FILE] = opencl.write_kernels(source, out_dir)
+        details = {
+            "kernels": opencl.KERNELS_FILE,
+            "kernel_count": len(opencl.kernel_names(source)),
+            "schedules": schedules,
+            "pipeline": "TVM Adreno pipeline, buffer path; dlight rules (Adreno first, then generic GPU)",
+        }
+    else:
+        executable, details = tuning.compile_cpu(_import(model), target.name, tvm_target, tune, on_trial)
     if target.runs_here:
         path = out_dir / f"{name}.so"
         executable.export_library(str(path))
-        return CompiledArtifact(path, "shared-library", tvm_target, "linked with the host C compiler", True)
-    return _export_cross(executable, target, tvm_target, out_dir, name)
+        artifact = CompiledArtifact(
+            path, "shared-library", tvm_target, "linked with the host C compiler", True
+        )
+    else:
+        artifact = _export_cross(executable, target, tvm_target, out_dir, name)
+    artifact.extra_files, artifact.details = extra, details
+    return artifact
+
+
+def import_onnx(model: onnx.ModelProto):
+    """The Relax module of a static-shape ONNX model (a forward LSTM is unrolled first)."""
+    return _import(graph.decompose_lstm(model))
 
 
 def _import(model: onnx.ModelProto):

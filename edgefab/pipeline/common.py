@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +17,7 @@ import onnx
 import edgefab
 from edgefab.errors import UnsupportedOperatorError
 from edgefab.export.graph import max_abs_diff
+from edgefab.export.tuning import TuneOptions
 from edgefab.export.tvm_compile import CompiledArtifact, compile_onnx
 from edgefab.runtime.tvm_engine import TVMEngine
 from edgefab.targets import Target
@@ -66,6 +67,7 @@ class TvmOutcome:
             "machine": platform.machine() if self.artifact.runs_here else None,
             "note": self.artifact.note,
         }
+        entry.update(self.artifact.details)  # tuning database (CPU) or kernels and schedules (OpenCL)
         if self.parity_max_abs_diff is not None:
             entry["max_abs_diff_vs_onnxruntime"] = self.parity_max_abs_diff
         return entry
@@ -78,15 +80,18 @@ def compile_with_tvm(
     feeds: dict[str, np.ndarray],
     reference: list[np.ndarray],
     tolerance: float = TVM_TOLERANCE,
+    tune: TuneOptions | None = None,
+    on_trial: Callable[[int, int], None] | None = None,
 ) -> TvmOutcome:
     """Compile for ``target``; where the library runs here, check it against ``reference`` and time it.
 
-    ``tolerance`` is the largest max abs difference accepted (wider for quantized graphs).
+    ``tolerance`` is the largest max abs difference accepted (wider for quantized graphs). ``tune``
+    tunes the kernels the target's database lacks first (see :mod:`edgefab.export.tuning`).
 
     An operator TVM cannot import is not fatal: the package still ships the ONNX Runtime engine.
     """
     try:
-        artifact = compile_onnx(model, target, work_dir)
+        artifact = compile_onnx(model, target, work_dir, tune=tune, on_trial=on_trial)
     except UnsupportedOperatorError as exc:
         return TvmOutcome(artifact=None, error=str(exc))
     if not artifact.runs_here:
@@ -95,8 +100,9 @@ def compile_with_tvm(
     outputs = engine.run(feeds)
     diff = max_abs_diff(reference, outputs)
     samples = time_calls(lambda: engine.run(feeds), warmup=3, runs=20)
+    tuned = "tuned: target's database" if artifact.details.get("tuned") else "untuned"
     latency = LatencyFigure(
-        ms=float(np.median(samples)), source="measured", method="TVM (untuned) on this machine, median of 20"
+        ms=float(np.median(samples)), source="measured", method=f"TVM ({tuned}) on this machine, median of 20"
     )
     if diff > tolerance:
         return TvmOutcome(
@@ -117,6 +123,8 @@ def recommend_engine(ort_latency: LatencyFigure | None, tvm: TvmOutcome) -> tupl
             "onnxruntime",
             f"ONNX Runtime measured faster here ({ort_latency.ms:.3f} vs {tvm.latency.ms:.3f} ms)",
         )
+    if tvm.artifact.details.get("tuned"):
+        return "onnxruntime", "not measured on the device; ONNX Runtime is the safer default"
     return "onnxruntime", "not measured on the device; TVM is untuned, ONNX Runtime is the safer default"
 
 

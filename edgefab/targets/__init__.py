@@ -32,6 +32,7 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "runs_here": (bool, False),
     "cross_compilers": (list, False),
     "latency": (dict, False),
+    "limitations": (list, False),
 }
 _PROCESSORS = ("cpu", "gpu")
 
@@ -54,6 +55,7 @@ class Target:
     runs_here: bool = False
     cross_compilers: tuple[str, ...] = ()
     latency: dict[str, Any] = field(default_factory=dict)
+    limitations: tuple[str, ...] = ()  # what this TVM cannot do for the device, said up front
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +73,7 @@ class Target:
             "ort_provider": self.ort_provider,
             "runs_here": self.runs_here,
             "latency": dict(self.latency),
+            "limitations": list(self.limitations),
         }
 
 
@@ -95,6 +98,7 @@ def _parse(data: dict[str, Any], source: str) -> Target:
     values = dict(data)
     values["aliases"] = tuple(values.get("aliases", ()))
     values["cross_compilers"] = tuple(values.get("cross_compilers", ()))
+    values["limitations"] = tuple(values.get("limitations", ()))
     return Target(**values, source=source)
 
 

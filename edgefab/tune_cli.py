@@ -1,0 +1,60 @@
+"""Command-line pieces for tuning: ``edgefab tune --space`` and ``edgefab compile --tune N``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from edgefab.console import RichProgress, emit, key_value_table, stderr, user_errors
+
+TuneOption = Annotated[
+    int | None,
+    typer.Option(
+        "--tune",
+        min=1,
+        help="Tune with MetaSchedule: up to N trials for the kernels the target's tuning database lacks "
+        "(kept in the cache and reused by later builds). Host targets only.",
+    ),
+]
+
+
+def tuning_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Summary rows of a tuning run."""
+    database = report["database"]
+    return [
+        ("kernels", f"{report['tasks']} ({report['tasks_in_database']} already in the database)"),
+        ("tuned now", f"{report['tasks_tuned']} kernels, {report['new_trials']} trials measured"),
+        ("cost model", report["cost_model"] or "-"),
+        ("tuning time", f"{report['seconds']:.1f} s"),
+        ("database", f"{database['path']} ({database['records']} records, TVM {database['tvm_version']})"),
+    ]
+
+
+@user_errors
+def tune_command(
+    space: Annotated[str, typer.Option(help="Search space whose layer shapes to tune (digits-28, ...).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name or .toml path.")] = "host",
+    trials: Annotated[int, typer.Option(min=1, help="Trials in all, spread over the new kernels.")] = 64,
+    num_classes: Annotated[int, typer.Option(min=2, help="Classes of the head layer.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Tune every distinct layer shape of a search space into the target's tuning database.
+
+    Later builds of any network of that space (factory, search, build) compile tuned at no cost.
+    Interrupting keeps the trials measured so far.
+    """
+    from edgefab.pipeline.tune import SpaceTuneJob, tune_space
+
+    job = SpaceTuneJob(target, space, trials, num_classes, seed)
+    try:
+        with RichProgress(enabled=not as_json) as progress:
+            report = tune_space(job, progress)
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted:[/] the trials measured so far stay in the tuning database")
+        raise typer.Exit(130) from None
+    for note in report["warnings"]:
+        stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
+    rows = [("target", report["target"]), ("space", report["space"]), *tuning_rows(report)]
+    emit(report, as_json, key_value_table("edgefab tune", rows))
