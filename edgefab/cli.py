@@ -12,17 +12,23 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from edgefab.bench_cli import bench_command
 from edgefab.console import RichProgress, emit, fail, key_value_table, user_errors
+from edgefab.factory_cli import factory_app
 from edgefab.quantize_cli import (
+    ActOrderOption,
     CalibrationDataOption,
     CalibrationOption,
     ExcludeOption,
+    GroupSizeOption,
     MaxDropOption,
     QuantizeOption,
     quantization_rows,
     quantize_app,
 )
 from edgefab.search_cli import search_app
+from edgefab.snn_cli import CompressOption, TimestepsOption, snn_app, snn_rows
+from edgefab.tune_cli import TuneOption, tune_command
 
 app = typer.Typer(
     help="Turn a task and a device budget into a verified on-device runtime package.",
@@ -36,6 +42,10 @@ app.add_typer(targets_app, name="targets")
 app.add_typer(package_app, name="package")
 app.add_typer(quantize_app, name="quantize")
 app.add_typer(search_app, name="search")
+app.add_typer(factory_app, name="factory")
+app.add_typer(snn_app, name="snn")
+app.command("tune")(tune_command)
+app.command("bench")(bench_command)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name or path to a target .toml.")]
@@ -49,6 +59,18 @@ def _latency_text(figure: dict[str, Any] | None) -> str | None:
     return f"{figure['ms']:.3f} ms ({figure['source']}: {figure['method']})"
 
 
+def _model_text(build: dict[str, Any]) -> str:
+    notation = " ".join(build.get("notation", []))
+    if build["model"] != "factory":
+        return f"{build['model']} ({build.get('why')}): {notation}"
+    factory = build["factory"]
+    seconds = sum(factory["seconds"].values())
+    return (
+        f"factory {factory['path']}, task {build['task']['text']}: {notation}, widths "
+        f"{factory['modules']['widths']}; customised in {seconds:.1f} s"
+    )
+
+
 def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     figures = manifest.get("figures", {})
     tvm = manifest["engines"].get("tvm", {})
@@ -59,6 +81,8 @@ def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]
         ("inputs", ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in manifest["inputs"])),
         ("outputs", ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in manifest["outputs"])),
     ]
+    if manifest.get("build", {}).get("model"):
+        rows.append(("model", _model_text(manifest["build"])))
     if "accuracy" in figures:
         rows.append(("accuracy (validation)", f"{100 * figures['accuracy']:.2f} %"))
     rows += [
@@ -73,7 +97,7 @@ def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]
             f"{manifest.get('recommended_engine')} ({manifest.get('recommended_because')})",
         ),
     ]
-    return rows + quantization_rows(manifest)
+    return rows + quantization_rows(manifest) + snn_rows(manifest)
 
 
 @app.command()
@@ -86,8 +110,19 @@ def build(
     latency_ms: Annotated[
         float | None, typer.Option("--latency-ms", help="Latency budget on the target.")
     ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="classes=A,B,... or groups=NAME:A,B/NAME:C,D (default: every class of the data)."),
+    ] = None,
+    factory: Annotated[
+        str | None,
+        typer.Option(help="Factory folder; 'none' trains the simple family (default: shipped, if it fits)."),
+    ] = None,
+    finetune_epochs: Annotated[
+        int, typer.Option("--finetune-epochs", min=0, help="Epochs of fine-tuning after customising.")
+    ] = 0,
     out: OutOption = Path("build"),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (simple family, no factory).")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     archive: ArchiveOption = False,
     no_cache: Annotated[
@@ -98,9 +133,13 @@ def build(
     calibration: CalibrationOption = "minmax",
     exclude_nodes: ExcludeOption = None,
     calibration_data: CalibrationDataOption = None,
+    group_size: GroupSizeOption = None,
+    act_order: ActOrderOption = False,
+    compress: CompressOption = None,
+    timesteps: TimestepsOption = "5,3,2,1",
     as_json: JsonOption = False,
 ) -> None:
-    """Train (or load) a model for the task and package it for the target."""
+    """Customise the factory (or train a model) for the task and budget, and package it for the target."""
     from edgefab.pipeline.build import BuildOptions
     from edgefab.pipeline.build import build as run_build
 
@@ -108,6 +147,9 @@ def build(
         target, data, out, latency_ms, epochs, seed, archive, use_cache=not no_cache, quantize=quantize,
         max_accuracy_drop=max_accuracy_drop, calibration=calibration,
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
+        group_size=group_size, act_order=act_order,
+        task=task, factory=factory, finetune_epochs=finetune_epochs,
+        compress=compress, timesteps=timesteps,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = run_build(options, progress)
@@ -135,6 +177,9 @@ def compile_command(
     calibration: CalibrationOption = "minmax",
     exclude_nodes: ExcludeOption = None,
     calibration_data: CalibrationDataOption = None,
+    group_size: GroupSizeOption = None,
+    act_order: ActOrderOption = False,
+    tune: TuneOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compile any ONNX model for a target: fix shapes, simplify, verify, TVM, package."""
@@ -144,6 +189,7 @@ def compile_command(
         model, target, list(inputs or []), out, name, archive, quantize=quantize,
         max_accuracy_drop=max_accuracy_drop, calibration=calibration,
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
+        group_size=group_size, act_order=act_order, tune=tune,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = compile_model(options, progress)

@@ -56,3 +56,50 @@ def spnas(
         ("search / fine-tune", f"{summary['search_seconds']:.0f} s / {summary['finetune_seconds']:.0f} s"),
     ]
     emit({"run": str(path), **summary}, as_json, key_value_table("edgefab search spnas", rows))
+
+
+@search_app.command("optuna")
+@user_errors
+def optuna_search(
+    latency_ms: Annotated[
+        float | None, typer.Option("--latency-ms", help="Latency budget on the target (a constraint).")
+    ] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name or .toml path.")] = "host",
+    trials: Annotated[int, typer.Option(min=1, help="Trials this process runs.")] = 50,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Journal file or RDB URL (sqlite:///s.db, postgresql://...); default <out>.journal."
+        ),
+    ] = None,
+    study: Annotated[
+        str, typer.Option(help="Study name inside the storage (shared by processes).")
+    ] = "edgefab",
+    data: Annotated[
+        str, typer.Option(help="mnist, a .npz file, an image folder, or torchvision:NAME.")
+    ] = "mnist",
+    task: Annotated[str | None, typer.Option(help="classes=A,B,... or groups=NAME:A,B/NAME:C,D.")] = None,
+    factory: Annotated[str | None, typer.Option(help="Factory folder (default: the shipped one).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the sampler.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/optuna"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Multi-objective (accuracy, latency) optuna search over the factory's space, budget as a constraint."""
+    from edgefab.pipeline.optuna_job import OptunaJob, run_optuna
+
+    job = OptunaJob(target, latency_ms, data, task, factory, trials, storage, study, out, seed)
+    with RichProgress(enabled=not as_json) as progress:
+        path, summary = run_optuna(job, progress)
+    best = summary["best"]
+    rows = [
+        ("run folder", path),
+        ("study", f"{summary['study']} in {summary['storage']}: {summary['trials_in_study']} trials"),
+        ("this process", f"{job.trials} trials in {summary['seconds_this_process']:.0f} s"),
+        ("Pareto front", f"{summary['pareto_size']} feasible trials (pareto.json, pareto.png)"),
+        (
+            "best within budget",
+            f"{100 * best['accuracy']:.2f} % at {best['latency_ms']:.3f} ms" if best else None,
+        ),
+        ("latency model", summary["latency_model"]),
+    ]
+    emit({"run": str(path), **summary}, as_json, key_value_table("edgefab search optuna", rows))

@@ -36,3 +36,13 @@ def pixel_build(host_build, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
     out = tmp_path_factory.mktemp("build")
     return build(BuildOptions(target="pixel", out=out))
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A factory trained for a few steps: enough to exercise every step, not to be accurate."""
+    from edgefab.pipeline.factory_train import FactoryJob, train_factory
+
+    out = tmp_path_factory.mktemp("factory") / "tiny"
+    job = FactoryJob(out=out, epochs=1, pool=8, pool_samples=100, assembler_steps=20, train_samples=256)
+    return train_factory(job)

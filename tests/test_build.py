@@ -79,11 +79,30 @@ def test_tampered_package_is_refused(host_build, tmp_path):
         load(copy)
 
 
-def test_second_build_uses_the_training_cache(host_build, tmp_path):
-    _, first = host_build
-    _, again = build(BuildOptions(target="host", out=tmp_path))
+def test_the_main_job_customises_the_shipped_factory(host_build):
+    _, manifest = host_build
+    assert manifest["build"]["model"] == "factory"
+    factory = manifest["build"]["factory"]
+    assert factory["path"] == "shipped" and factory["space"] == "digits-28"
+    assert manifest["build"]["task"]["text"] == "all"
+    assert factory["candidates_scored"] and "measured table" in factory["latency_model"]
+
+
+def test_the_simple_family_trains_once_and_then_comes_from_the_cache(host_build, tmp_path):
+    _, first = build(BuildOptions(target="pixel", factory="none", out=tmp_path / "a"))
+    _, again = build(BuildOptions(target="pixel", factory="none", out=tmp_path / "b"))
+    assert first["build"]["model"] == "simple family" and first["build"]["why"] == "--factory none"
     assert again["build"]["training"]["cached"] is True
-    assert again["figures"]["accuracy"] == first["figures"]["accuracy"]
+    assert again["figures"]["accuracy"] == first["figures"]["accuracy"] >= 0.97
+
+
+def test_a_grouping_task_in_seconds(pixel_build, tmp_path):
+    task = "groups=even:0,2,4,6,8/odd:1,3,5,7,9"
+    path, manifest = build(BuildOptions(target="pixel", task=task, latency_ms=0.5, out=tmp_path))
+    assert manifest["outputs"][0]["shape"] == [1, 2]
+    assert json.loads((path / "labels.json").read_text()) == ["even", "odd"]
+    assert manifest["figures"]["accuracy"] > 0.9 and manifest["figures"]["latency"]["ms"] <= 0.5
+    assert sum(manifest["build"]["factory"]["seconds"].values()) < 60  # seconds, even on a loaded machine
 
 
 def test_pixel_package(pixel_build):
@@ -108,8 +127,11 @@ def test_pixel_package(pixel_build):
 
 
 def test_budget_too_small_names_the_smallest(host_build, tmp_path):
-    with pytest.raises(EdgefabError, match=r"no model meets 1e-05 ms on pixel: the smallest costs [\d.]+ ms"):
+    message = r"no sub-network of the factory meets 1e-05 ms on pixel: the smallest costs [\d.]+ ms"
+    with pytest.raises(EdgefabError, match=message):
         build(BuildOptions(target="pixel", latency_ms=0.00001, out=tmp_path))
+    with pytest.raises(EdgefabError, match=r"no model meets 1e-05 ms on pixel: the smallest costs [\d.]+ ms"):
+        build(BuildOptions(target="pixel", latency_ms=0.00001, factory="none", out=tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -24,6 +24,8 @@ from edgefab.export.graph import (
     verify_simplified,
 )
 from edgefab.export.stats import model_stats
+from edgefab.export.tuning import TuneOptions
+from edgefab.export.tvm_compile import check_compilable
 from edgefab.pipeline.common import (
     TVM_TOLERANCE,
     PackageContents,
@@ -57,6 +59,9 @@ class CompileOptions:
     calibration: str = "minmax"
     exclude_nodes: tuple[str, ...] = ()
     calibration_data: Path | None = None  # .npz/.npy of model inputs; default: seeded random inputs
+    group_size: str | None = None  # w4/w8: columns per scale, "channel" or "auto" (default 128)
+    act_order: bool = False  # w4/w8: GPTQ visits columns by decreasing Hessian diagonal
+    tune: int | None = None  # MetaSchedule trials for the kernels the target's database lacks
 
 
 def split_input_options(specs: list[str]) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
@@ -88,6 +93,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     """Compile an ONNX file for a target and write the package; returns its folder and manifest."""
     progress = progress or SilentProgress()
     target = load_target(options.target)
+    check_compilable(target, tune=bool(options.tune))  # before any work: no codegen, or not tunable
     original = load_onnx(options.model)
     shapes, values = split_input_options(options.inputs)
     request = make_request(
@@ -96,6 +102,8 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         options.calibration,
         options.exclude_nodes,
         options.calibration_data,
+        group_size=options.group_size,
+        act_order=options.act_order,
     )
     name = options.name or f"{Path(options.model).stem}-{target.name}"
     out_dir = Path(options.out) / name
@@ -112,13 +120,18 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
             quantized = quantize_model(request, onnx_path, target, input_signature(simplified), work)
             shipped, shipped_proto = quantized.path, quantized.model
         if target.runs_here:
-            latency = measure_onnx(shipped, feeds, threads=target.threads)
+            config = quantized.ort_config if quantized else None
+            latency = measure_onnx(shipped, feeds, threads=target.threads, session_config=config)
         else:
             latency = predicted_latency(target, simplified)
-        progress.stage(f"compiling with TVM for {target.name}")
+        tuned = f", tuning up to {options.tune} trials" if options.tune else ""
+        progress.stage(f"compiling with TVM for {target.name}{tuned}")
         tolerance = quantized.tvm_tolerance if quantized else TVM_TOLERANCE
         reference = run_onnxruntime(shipped, feeds)
-        tvm = compile_with_tvm(shipped_proto, target, work, feeds, reference, tolerance)
+        tune = TuneOptions(trials=options.tune) if options.tune else None
+        tvm = compile_with_tvm(
+            shipped_proto, target, work, feeds, reference, tolerance, tune, on_trial=progress.advance
+        )
         engine, why = recommend_engine(latency, tvm)
         manifest = base_manifest(name, "model", target, tvm.artifact.tvm_target if tvm.artifact else None)
         manifest.update(
@@ -150,6 +163,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
             contents.files[REPORT_FILE] = quantized.report_path
         if tvm.artifact:
             contents.files[tvm.artifact.path.name] = tvm.artifact.path
+            contents.files.update(tvm.artifact.extra_files)  # kernels.cl for OpenCL targets
         progress.stage(f"writing package {out_dir}")
         write_package(out_dir, contents.manifest, contents.files, archive=options.archive)
     return out_dir, read_manifest(out_dir)

@@ -61,12 +61,20 @@ def time_calls(call, warmup: int = 10, runs: int = 50) -> list[float]:
 
 
 def measure_onnx(
-    path: Path, feeds: dict[str, np.ndarray], threads: int = 0, warmup: int = 10, runs: int = 50
+    path: Path,
+    feeds: dict[str, np.ndarray],
+    threads: int = 0,
+    warmup: int = 10,
+    runs: int = 50,
+    session_config: dict[str, str] | None = None,
 ) -> LatencyFigure:
-    """Median latency of one ONNX Runtime inference (CPU provider) on ``feeds``."""
+    """Median latency of one ONNX Runtime inference (CPU provider) on ``feeds``; ``session_config``
+    holds the session config entries the model is shipped with (as the package's loader applies)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(key, str(value))
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
