@@ -274,7 +274,7 @@ def profile(
     as_json: JsonOption = False,
 ) -> None:
     """Build or refresh a target's per-layer latency table by measurement (here, or over TVM RPC)."""
-    from edgefab.search.spaces import SPACES
+    from edgefab.spaces import SPACES
     from edgefab.targets import load_target
     from edgefab.targets.profiling import profile as run_profile
     from edgefab.targets.reports import PROFILE_SPACES, profile_base, profile_report

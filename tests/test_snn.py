@@ -19,7 +19,7 @@ from edgefab.compress.snn_energy import energy_summary, estimate_energy
 from edgefab.compress.snn_train import SnnOptions, check_timesteps, parse_timesteps
 from edgefab.errors import EdgefabError
 from edgefab.factory.network import build_network
-from edgefab.search.spaces import get_space
+from edgefab.spaces import get_space
 
 runner = CliRunner()
 TINY = ArchSpec(

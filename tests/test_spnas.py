@@ -8,9 +8,9 @@ import torch
 
 from edgefab.errors import EdgefabError
 from edgefab.search.costs import cost_table
-from edgefab.search.spaces import get_space
 from edgefab.search.spnas import repair_budget
 from edgefab.search.supernet import SuperNet
+from edgefab.spaces import get_space
 from edgefab.targets.latency import latency_model
 
 

@@ -45,7 +45,7 @@ class CustomizeOptions:
     scored: int = 3  # feasible candidates scored on validation data
     sampler: str = "assembler"
     val_samples: int = 500
-    head_samples: int = 1500
+    head_samples: int = 1000
     finetune_epochs: int = 0
     seed: int = 0
 
@@ -218,7 +218,7 @@ def _fit_linear(
 def _lbfgs_linear(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
     w, b = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe"
+        [w, b], lr=1.0, max_iter=100, history_size=20, line_search_fn="strong_wolfe"
     )
 
     def closure():

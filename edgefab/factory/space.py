@@ -16,7 +16,7 @@ import numpy as np
 
 from edgefab.arch import ArchSpec
 from edgefab.errors import EdgefabError
-from edgefab.search.spaces import SPACES, SearchSpace
+from edgefab.spaces import SPACES, SearchSpace
 
 
 @dataclass(frozen=True)

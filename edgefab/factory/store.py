@@ -57,6 +57,7 @@ def save_factory(folder: Path, factory: Factory) -> None:
     files = {}
     for name, state in tensors.items():
         save_file({k: v.contiguous() for k, v in state.items()}, str(folder / name))
+        (folder / name).chmod(0o644)  # safetensors writes owner-only files; a factory is shared data
         files[name] = _sha256(folder / name)
     meta = {**factory.meta, "format": FORMAT, "files": files}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

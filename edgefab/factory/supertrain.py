@@ -33,7 +33,7 @@ ProgressFn = Callable[[int, int], None]
 class SupernetTrainConfig:
     """Settings of supernet training."""
 
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 128
     lr: float = 4e-3
     weight_decay: float = 1e-4

@@ -24,7 +24,7 @@ from edgefab.factory.customize import CustomizeOptions, customize
 from edgefab.factory.store import SHIPPED, Factory, load_factory
 from edgefab.factory.train import dataset_fingerprint
 from edgefab.pipeline.common import Progress
-from edgefab.search.spaces import CHOICES
+from edgefab.spaces import CHOICES
 from edgefab.targets import Target
 from edgefab.targets.latency import latency_model
 from edgefab.targets.layers import Layer, spec_layers

@@ -23,8 +23,8 @@ from edgefab.errors import EdgefabError
 from edgefab.export.onnx_export import INPUT_NAME, export_onnx
 from edgefab.pipeline.common import Progress, SilentProgress
 from edgefab.search.costs import cost_table
-from edgefab.search.spaces import get_space
 from edgefab.search.spnas import SpnasOptions, SpnasResult, search
+from edgefab.spaces import get_space
 from edgefab.targets import load_target
 from edgefab.targets.latency import latency_model, measure_onnx
 

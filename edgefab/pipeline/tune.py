@@ -19,7 +19,7 @@ from edgefab.export.tuning import TuneOptions, database_dir, database_summary, e
 from edgefab.export.tvm_compile import check_compilable, import_onnx, resolve_tvm_target
 from edgefab.factory.network import build_network
 from edgefab.pipeline.common import Progress, SilentProgress, work_folder
-from edgefab.search.spaces import CHOICES, SearchSpace, get_space
+from edgefab.spaces import CHOICES, SearchSpace, get_space
 from edgefab.targets import load_target
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgefab.search.spaces import CHOICES, SearchSpace
 from edgefab.search.supernet import CostTable
+from edgefab.spaces import CHOICES, SearchSpace
 from edgefab.targets.model import LatencyModel
 
 

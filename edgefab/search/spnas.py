@@ -24,8 +24,8 @@ from edgefab.data import Dataset, to_float
 from edgefab.errors import EdgefabError
 from edgefab.factory.network import Network
 from edgefab.factory.train import TrainConfig, evaluate_accuracy, fit, recalibrate_batchnorm
-from edgefab.search.spaces import CHOICES, SKIP, SearchSpace
 from edgefab.search.supernet import CostTable, SuperNet
+from edgefab.spaces import CHOICES, SKIP, SearchSpace
 
 ProgressFn = Callable[[int, int], None]
 # Cheaper alternatives of each choice, for the budget repair (costs decide the order).

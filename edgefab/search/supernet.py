@@ -14,7 +14,7 @@ from torch import nn
 from edgefab.arch import ArchSpec, BlockSpec
 from edgefab.factory.network import MBConv, Network, build_network, conv_bn_act
 from edgefab.factory.superkernel import SuperMBConv
-from edgefab.search.spaces import CHOICES, SKIP, SearchSpace
+from edgefab.spaces import CHOICES, SKIP, SearchSpace
 
 
 @dataclass(frozen=True)
