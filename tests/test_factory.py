@@ -211,3 +211,16 @@ def test_supernet_training_under_torchrun(tmp_path):
     meta = json.loads((out / "factory.json").read_text())
     assert meta["training"]["processes"] == 2
     load_factory(out)
+
+
+def test_factory_training_is_reproducible_from_its_seed(tiny_factory, tmp_path):
+    from edgefab.pipeline.factory_train import FactoryJob, train_factory
+
+    first = json.loads((tiny_factory[0] / "factory.json").read_text())
+    job = FactoryJob(
+        out=tmp_path / "again", epochs=1, pool=8, pool_samples=100, assembler_steps=20, train_samples=256
+    )
+    path, _ = train_factory(job)
+    again = json.loads((path / "factory.json").read_text())
+    assert again["files"] == first["files"]  # the same bytes: supernet and assembler
+    assert again["pool"]["accuracy_median"] == first["pool"]["accuracy_median"]

@@ -20,7 +20,7 @@ from edgefab.arch import ArchSpec
 from edgefab.data import Dataset
 from edgefab.data.tasks import Task, apply_task
 from edgefab.errors import EdgefabError
-from edgefab.factory.customize import CustomizeOptions, customize
+from edgefab.factory.customize import CustomizeOptions, customize, latency_range
 from edgefab.factory.store import SHIPPED, Factory, load_factory
 from edgefab.factory.train import dataset_fingerprint
 from edgefab.pipeline.common import Progress
@@ -31,6 +31,7 @@ from edgefab.targets.layers import Layer, spec_layers
 from edgefab.targets.model import LatencyModel
 
 PROFILE_NETWORKS = 10  # random sub-networks the host's per-network overhead is fitted on
+MEASURED_TRIES = 4  # customisations tried where a measured latency can overrule the prediction
 
 
 def resolve_factory(option: str | None, data: Dataset) -> tuple[Factory | None, str]:
@@ -131,6 +132,10 @@ def customize_for_build(
     model = factory_latency_model(target, factory, progress)
     progress.stage(f"customising the factory for task '{task.text}' on {target.name}")
     chosen = customize(factory, task, model, budget_ms, train, val, options)
+    checks: list[dict[str, float]] = []
+    if target.runs_here and budget_ms is not None:
+        progress.stage(f"measuring the choice on this machine against {budget_ms:g} ms")
+        chosen, checks = meet_measured_budget(factory, task, model, budget_ms, train, val, options, chosen)
     info = {
         "model": "factory",
         "factory": {
@@ -145,8 +150,49 @@ def customize_for_build(
             "candidates_scored": chosen.candidates,
             "seconds": {k: round(v, 3) for k, v in chosen.seconds.items()},
             "finetune_epochs": options.finetune_epochs,
+            "measured_checks": checks,
         },
     }
     return ChosenModel(
         chosen.network, chosen.spec, apply_task(train, task), apply_task(val, task), factory.prep, info
     )
+
+
+def meet_measured_budget(
+    factory, task, model, budget_ms, train, val, options, chosen, tries: int = MEASURED_TRIES
+):
+    """Where the target is this machine, the prediction is checked by measurement: while the chosen
+    network measures over budget, customise again under a predicted limit tightened by the measured
+    excess. Returns the final choice and each check (predicted and measured ms)."""
+    limit, checks = budget_ms, []
+    smallest, _ = latency_range(factory, model)
+    for _ in range(tries):
+        measured = measure_network(chosen.network, chosen.spec, model.target)
+        checks.append({"limit_ms": round(limit, 4), "predicted_ms": round(chosen.predicted_ms, 4),
+                       "measured_ms": round(measured, 4)})  # fmt: skip
+        if measured <= budget_ms:
+            return chosen, checks
+        limit *= budget_ms / measured
+        if limit < smallest:
+            break
+        chosen = customize(factory, task, model, limit, train, val, options)
+    raise EdgefabError(
+        f"no sub-network of the factory measured within {budget_ms:g} ms on {model.target.name} (the last "
+        f"measured {checks[-1]['measured_ms']:.3f} ms, predicted {checks[-1]['predicted_ms']:.3f} ms); "
+        "raise --latency-ms"
+    )
+
+
+def measure_network(network: torch.nn.Module, spec: ArchSpec, target: Target) -> float:
+    """Median ONNX Runtime milliseconds of ``network`` here, exported as the package will be."""
+    import tempfile
+
+    from edgefab.export.onnx_export import INPUT_NAME, export_onnx
+    from edgefab.targets.latency import measure_onnx
+
+    shape = (1, *spec.input_shape)
+    feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    with tempfile.TemporaryDirectory(prefix="edgefab-measure-") as folder:
+        path = Path(folder) / "candidate.onnx"
+        export_onnx(network, shape, path)
+        return measure_onnx(path, feeds, threads=target.threads, runs=100).ms
