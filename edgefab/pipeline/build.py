@@ -147,6 +147,8 @@ def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path
         group_size=options.group_size,
         act_order=options.act_order,
     )
+    if options.latency_ms is not None and options.latency_ms <= 0:
+        raise EdgefabError(f"--latency-ms must be positive, got {options.latency_ms:g}")
     progress.stage(f"loading data {options.data}")
     data = load_dataset(options.data)
     task = parse_task(options.task, data.classes)
