@@ -2,7 +2,8 @@
 
 A space is the Single-Path NAS / MnasNet macro-architecture: a stem, a list of MBConv layers
 whose kernel (3 or 5), expansion (3 or 6) and, where the stage allows it, skip are searched, and a
-head. Plain data like :mod:`edgefab.arch`, shared by the searches, the factory and the CLI. ``SPACES`` holds the built-in ones; a space turns a list of choices into an
+head. Plain data like :mod:`edgefab.arch`, shared by the searches, the factory and the CLI.
+``SPACES`` holds the built-in ones; a space turns a list of choices into an
 :class:`~edgefab.arch.ArchSpec`.
 """
 
