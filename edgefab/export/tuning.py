@@ -321,12 +321,25 @@ def _progress_callback(on_trial: Callable[[int], None]):
     return _Progress()
 
 
+def _drop_nameless_log_handlers() -> None:
+    """MetaSchedule rebuilds its logging with dictConfig, naming the handlers already on its logger by
+    ``get_name()``; a handler without a name (one a host application or pytest left there) makes
+    that fail with "'NoneType' object has no attribute 'format'". Such a handler cannot be named in
+    a dictConfig anyway, so it is taken off first."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in [h for h in logger.handlers if h.get_name() is None]:
+        logger.removeHandler(handler)
+
+
 def _run_tuner(
     todo: list, folder: Path, database, options: TuneOptions, cost_model: str, on_trial: Callable[[int], None]
 ) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     _cpu_intrinsics_only()
+    _drop_nameless_log_handlers()
     per_task = options.max_trials_per_task or max(1, math.ceil(options.trials / len(todo)))
     logs = str(folder / "logs")
     # MetaSchedule logs every step to stdout (which must stay clean for --json); its log files keep it.
