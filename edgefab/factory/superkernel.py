@@ -17,6 +17,7 @@ from torch import nn
 
 from edgefab.arch import BlockSpec
 from edgefab.factory.network import MBConv, conv_bn_act
+from edgefab.spaces import SearchSpace
 
 MAX_KERNEL = 5
 MAX_EXPAND = 6
@@ -157,3 +158,18 @@ def sliced_batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d, training: bool) -> 
     return F.batch_norm(
         x, norm.running_mean[:n], norm.running_var[:n], norm.weight[:n], norm.bias[:n], False, 0.0, norm.eps
     )
+
+
+def super_blocks(space: SearchSpace) -> nn.ModuleList:
+    """The layers of ``space``: a :class:`SuperMBConv` per searchable slot, a plain MBConv per fixed
+    one (Single-Path NAS's supernet and the factory's modular supernet both hold these)."""
+    layers: list[nn.Module] = []
+    cin = space.stem_channels
+    for slot in space.slots:
+        if slot.fixed:
+            kernel, expand = (int(p[1:]) for p in slot.fixed.split("_"))
+            layers.append(MBConv(cin, BlockSpec(slot.out_channels, kernel, expand, slot.stride)))
+        else:
+            layers.append(SuperMBConv(cin, slot.out_channels, slot.stride, slot.skippable))
+        cin = slot.out_channels
+    return nn.ModuleList(layers)

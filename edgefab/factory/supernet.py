@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgefab.arch import ArchSpec, BlockSpec
-from edgefab.factory.network import MBConv, Network, build_network, conv_bn_act
+from edgefab.arch import ArchSpec
+from edgefab.factory.network import Network, build_network, conv_bn_act
 from edgefab.factory.space import FactorySpace, ModuleSelection
-from edgefab.factory.superkernel import SuperMBConv, sliced_batch_norm
+from edgefab.factory.superkernel import SuperMBConv, sliced_batch_norm, super_blocks
 
 
 class ModularSupernet(nn.Module):
@@ -27,17 +27,8 @@ class ModularSupernet(nn.Module):
         space = fspace.space
         self.fspace, self.num_classes = fspace, num_classes
         self.stem = conv_bn_act(space.input_shape[0], space.stem_channels, 3, space.stem_stride)
-        layers: list[nn.Module] = []
-        cin = space.stem_channels
-        for slot in space.slots:
-            if slot.fixed:
-                kernel, expand = (int(p[1:]) for p in slot.fixed.split("_"))
-                layers.append(MBConv(cin, BlockSpec(slot.out_channels, kernel, expand, slot.stride)))
-            else:
-                layers.append(SuperMBConv(cin, slot.out_channels, slot.stride, slot.skippable))
-            cin = slot.out_channels
-        self.blocks = nn.ModuleList(layers)
-        self.head = conv_bn_act(cin, space.head_channels, 1)
+        self.blocks = super_blocks(space)
+        self.head = conv_bn_act(space.slots[-1].out_channels, space.head_channels, 1)
         self.classifier = nn.Linear(space.head_channels, num_classes)
         self._stage_of = fspace.stage_of()
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgefab.arch import ArchSpec, BlockSpec
-from edgefab.factory.network import MBConv, Network, build_network, conv_bn_act
-from edgefab.factory.superkernel import SuperMBConv
+from edgefab.arch import ArchSpec
+from edgefab.factory.network import Network, build_network, conv_bn_act
+from edgefab.factory.superkernel import SuperMBConv, super_blocks
 from edgefab.spaces import CHOICES, SKIP, SearchSpace
 
 
@@ -45,17 +45,8 @@ class SuperNet(nn.Module):
         self.num_classes = num_classes
         channels = space.input_shape[0]
         self.stem = conv_bn_act(channels, space.stem_channels, 3, space.stem_stride)
-        layers: list[nn.Module] = []
-        cin = space.stem_channels
-        for slot in space.slots:
-            if slot.fixed:
-                kernel, expand = (int(p[1:]) for p in slot.fixed.split("_"))
-                layers.append(MBConv(cin, BlockSpec(slot.out_channels, kernel, expand, slot.stride)))
-            else:
-                layers.append(SuperMBConv(cin, slot.out_channels, slot.stride, slot.skippable))
-            cin = slot.out_channels
-        self.blocks = nn.ModuleList(layers)
-        self.head = conv_bn_act(cin, space.head_channels, 1)
+        self.blocks = super_blocks(space)
+        self.head = conv_bn_act(space.slots[-1].out_channels, space.head_channels, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(space.head_channels, num_classes)
 
