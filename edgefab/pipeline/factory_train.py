@@ -10,9 +10,6 @@ Started by ``torchrun``, step 1 runs in every process and rank 0 does the rest a
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from edgefab.factory.supernet import ModularSupernet
 from edgefab.factory.supertrain import SupernetTrainConfig, init_distributed, train_supernet, world
 from edgefab.factory.train import dataset_fingerprint
 from edgefab.pipeline.common import Progress, SilentProgress
+from edgefab.runtime.package import staged_folder
 from edgefab.targets.latency import latency_model
 
 ASSEMBLER_TARGETS = ("pixel", "note10")
@@ -120,7 +118,8 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
         "assembler": assembler_summary,
     }
     progress.stage(f"writing {out}")
-    _write(out, Factory(meta, supernet, assembler))
+    with staged_folder(out) as staging:
+        save_factory(staging, Factory(meta, supernet, assembler))
     return out, {**meta}
 
 
@@ -142,17 +141,3 @@ def score_pool(supernet, train, val, prep, count: int, seed: int, progress: Prog
         logits.append(all_class_logits(subnetwork(supernet, selection, train, prep), val.images, prep))
         progress.advance(done, len(pool))
     return pool, np.stack(logits)
-
-
-def _write(out: Path, factory: Factory) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        save_factory(staging, factory)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

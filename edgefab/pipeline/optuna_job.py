@@ -9,9 +9,6 @@ second run, or many processes at once, continue it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from edgefab.errors import EdgefabError
 from edgefab.factory.customize import latency_range
 from edgefab.pipeline.common import Progress, SilentProgress
 from edgefab.pipeline.factory_build import factory_latency_model, resolve_factory
+from edgefab.runtime.package import staged_folder
 from edgefab.search.optuna_search import OptunaOptions, best_within_budget, pareto_front, plot_front, search
 from edgefab.targets import load_target
 
@@ -92,22 +90,7 @@ def run_optuna(job: OptunaJob, progress: Progress | None = None) -> tuple[Path, 
 
 
 def _write(out: Path, study, summary: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
+    with staged_folder(out) as staging:
         (staging / "pareto.json").write_text(json.dumps(pareto_front(study), indent=2) + "\n")
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_front(study, staging / "pareto.png")
-        for _ in range(3):  # processes sharing a study may finish together: the last one's view stays
-            shutil.rmtree(out, ignore_errors=True)
-            try:
-                os.replace(staging, out)
-                break
-            except OSError:
-                continue
-        else:
-            raise EdgefabError(f"could not write {out}: another process keeps replacing it")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -9,9 +9,6 @@ place at the end.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from edgefab.data import load_dataset, normalization, train_val_split
 from edgefab.errors import EdgefabError
 from edgefab.export.onnx_export import INPUT_NAME, export_onnx
 from edgefab.pipeline.common import Progress, SilentProgress
+from edgefab.runtime.package import staged_folder
 from edgefab.search.costs import cost_table
 from edgefab.search.spnas import SpnasOptions, SpnasResult, search
 from edgefab.spaces import get_space
@@ -89,9 +87,7 @@ def run_spnas(job: SpnasJob, progress: Progress | None = None) -> tuple[Path, di
 
 def _write_run(job: SpnasJob, runs_here: bool, result: SpnasResult, source: str, options, progress: Progress):
     out = Path(job.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:  # an earlier run folder (checked before the search) is replaced
         progress.stage(f"writing {out}")
         onnx_path = staging / "model.onnx"
         export_onnx(result.network, (1, *result.spec.input_shape), onnx_path)
@@ -122,11 +118,4 @@ def _write_run(job: SpnasJob, runs_here: bool, result: SpnasResult, source: str,
         }
         (staging / "arch.json").write_text(json.dumps(summary, indent=2) + "\n")
         (staging / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
-        os.chmod(staging, 0o755)
-        if out.exists():  # an earlier run folder (checked before the search)
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out, summary

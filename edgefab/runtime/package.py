@@ -15,6 +15,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,22 +62,32 @@ def write_package(
     """
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         hashes = {}
         for name, source in sorted(files.items()):
             shutil.copyfile(source, staging / name)
             hashes[name] = sha256_file(staging / name)
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": hashes}
         (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
-        os.chmod(staging, 0o755)
+    if archive:
+        write_archive(out_dir)
+    return out_dir
+
+
+@contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` to write into; when the body completes it replaces
+    ``out_dir`` (an existing one only then), when the body fails it is removed and ``out_dir`` stays."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if archive:
-        write_archive(out_dir)
-    return out_dir
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
