@@ -17,7 +17,8 @@ from edgefab.cli import app
 from edgefab.compress.calibration import feeds_from_arrays, read_calibration_file, split_held_out
 from edgefab.compress.cpu import host_cpu, safe_int8_types, target_cpu
 from edgefab.compress.evaluate import kernel_check, session, top1_accuracy
-from edgefab.compress.int8 import Int8Options, quantize_int8
+from edgefab.compress.finequant import int8_wants_per_channel
+from edgefab.compress.int8 import Int8Options, per_channel_weights, quantize_int8
 from edgefab.compress.report import layer_errors
 from edgefab.data import load_dataset, normalization, to_float, train_val_split
 from edgefab.errors import EdgefabError
@@ -91,7 +92,9 @@ def test_automatic_types_avoid_saturation_on_this_cpu(fp32_model, digits, auto_i
     if not cpu.saturates:
         assert auto_int8.types.weight_type == "int8"
         pytest.skip(f"{cpu.description} has no saturating int8 kernels: nothing to regress")
-    unsafe_options = Int8Options(activation_type="uint8", weight_type="int8", reduce_range=False)
+    unsafe_options = Int8Options(
+        activation_type="uint8", weight_type="int8", reduce_range=False, granularity="channel"
+    )
     unsafe = quantize_int8(fp32_model, tmp_path / "u8s8.onnx", _feeds(digits[0]), unsafe_options)
     unsafe_kernels = kernel_check(unsafe.path, validation)
     assert unsafe_kernels["mean_abs_diff"] > 20 * auto_kernels["mean_abs_diff"]
@@ -110,7 +113,23 @@ def test_qdq_model_is_smaller_and_checked(fp32_model, auto_int8):
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "QLinearConv" not in ops
     assert auto_int8.path.stat().st_size <= 0.35 * fp32_model.stat().st_size
-    assert auto_int8.settings()["format"] == "QDQ" and auto_int8.settings()["per_channel"] is True
+    assert auto_int8.settings()["format"] == "QDQ" and auto_int8.settings()["granularity"] == "auto"
+
+
+def test_auto_granularity_keeps_per_channel_where_one_scale_loses_precision(fp32_model, tmp_path):
+    """Per matrix, from the weights alone: rows of equal range share one scale; rows whose ranges
+    differ 100x keep one scale each. ``channel`` and ``tensor`` force the choice."""
+    rng = np.random.default_rng(0)
+    even = rng.standard_normal((16, 8, 3, 3))
+    assert not int8_wants_per_channel(even)
+    spread = even * np.logspace(-2, 0, 16)[:, None, None, None]
+    assert int8_wants_per_channel(spread)
+    model = onnx.load(str(fp32_model))
+    nodes = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(per_channel_weights(model, nodes, "channel")) == len(nodes)
+    assert per_channel_weights(model, nodes, "tensor") == {}
+    with pytest.raises(EdgefabError, match="granularity 'row'"):
+        Int8Options(granularity="row")
 
 
 def test_layer_table_sorted_largest_first(auto_int8, digits):

@@ -14,6 +14,7 @@ stretches the grid of its whole group. The rule implemented here (edgefab's read
    ``g = ceil(g / 2)``, and repeat from 2; otherwise keep ``g``.
 
 No calibration data is involved: the choice can be made, and checked, before any data is seen.
+The same idea picks INT8 static quantization's granularity per matrix (:func:`int8_wants_per_channel`).
 """
 
 from __future__ import annotations
@@ -46,3 +47,27 @@ def auto_group_size(weights: np.ndarray) -> int:
     while -(-size // 2) >= MIN_GROUP and outlier_ratio(weights, size) > OUTLIER_RATIO:
         size = -(-size // 2)
     return size
+
+
+# INT8 static: per-channel or per-tensor weights, per matrix, from the weights alone. In QDQ form a
+# per-channel weight costs about 9 bytes per output channel beyond its values (a float scale, a
+# zero point and the bias's float scale): more than a 3x3 depthwise kernel's 9 int8 weights. So one
+# scale per channel is kept only where one scale for the whole tensor loses precision.
+PER_TENSOR_ERROR = 0.01  # relative RMS error of symmetric int8 per-tensor weights deemed harmless
+PER_CHANNEL_GAIN = 1.5  # and per-channel must cut that error by at least this factor to be worth it
+
+
+def int8_weight_error(rows: np.ndarray, per_channel: bool) -> float:
+    """Relative RMS error of ``rows`` [out, ...] in symmetric int8 (one scale per row, or one in all)."""
+    w = rows.reshape(rows.shape[0], -1).astype(np.float64)
+    peak = np.abs(w).max(axis=1, keepdims=True) if per_channel else np.abs(w).max()
+    scale = np.where(peak > 0, peak / 127.0, 1.0)
+    error = np.sqrt(np.mean((np.clip(np.round(w / scale), -127, 127) * scale - w) ** 2))
+    norm = np.sqrt(np.mean(w**2))
+    return float(error / norm) if norm > 0 else 0.0
+
+
+def int8_wants_per_channel(rows: np.ndarray) -> bool:
+    """Whether ``rows`` [out, ...] should get one int8 scale per output channel (see above)."""
+    per_tensor = int8_weight_error(rows, per_channel=False)
+    return per_tensor > PER_TENSOR_ERROR and per_tensor > PER_CHANNEL_GAIN * int8_weight_error(rows, True)

@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx.numpy_helper
 
 from edgefab.compress.calibration import MIN_CALIBRATION_SAMPLES, Feeds, FeedsReader, check_sample_count
 from edgefab.compress.cpu import CpuInfo, Int8Types, host_cpu, safe_int8_types
+from edgefab.compress.finequant import int8_wants_per_channel
 from edgefab.errors import EdgefabError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+GRANULARITIES = ("auto", "channel", "tensor")  # of the weights' scales; auto: per matrix, see finequant
 DATA_TYPES = ("uint8", "int8")
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # ops with weights to make int8
 PER_CHANNEL_OPSET = 13
@@ -35,7 +38,7 @@ class Int8Options:
     """Settings of INT8 static quantization; None for a data type means "resolved from the CPU"."""
 
     calibration: str = "minmax"
-    per_channel: bool = True
+    granularity: str = "auto"
     samples: int = 128  # calibration samples used at most
     exclude_nodes: tuple[str, ...] = ()
     activation_type: str | None = None
@@ -47,6 +50,10 @@ class Int8Options:
             raise EdgefabError(
                 f"unknown calibration method '{self.calibration}'; "
                 f"choose one of {', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise EdgefabError(
+                f"unknown weight granularity '{self.granularity}'; choose one of {', '.join(GRANULARITIES)}"
             )
         for name in ("activation_type", "weight_type"):
             value = getattr(self, name)
@@ -80,6 +87,7 @@ class Int8Result:
     options: Int8Options
     calibration_samples: int
     quantized_nodes: list[str] = field(default_factory=list)
+    per_channel_weights: list[str] = field(default_factory=list)
 
     def settings(self) -> dict[str, Any]:
         """The manifest's record of the method and settings."""
@@ -89,7 +97,8 @@ class Int8Result:
             "format": "QDQ",
             "calibration": self.options.calibration,
             "calibration_samples": self.calibration_samples,
-            "per_channel": self.options.per_channel,
+            "granularity": self.options.granularity,
+            "per_channel_weights": len(self.per_channel_weights),
             "activation_type": self.types.activation_type,
             "weight_type": self.types.weight_type,
             "reduce_range": self.types.reduce_range,
@@ -122,13 +131,48 @@ def quantize_int8(
     check_sample_count(len(calibration_feeds), MIN_CALIBRATION_SAMPLES, "calibration data")
     float_path = out_path.with_name(out_path.stem + "_float_prepared.onnx")
     _prepare(Path(model_path), float_path)
-    nodes = _nodes_to_quantize(onnx.load(str(float_path)), options.exclude_nodes)
+    float_model = onnx.load(str(float_path))
+    nodes = _nodes_to_quantize(float_model, options.exclude_nodes)
+    per_channel = per_channel_weights(float_model, nodes, options.granularity)
     types = options.resolve(cpu or host_cpu())
     feeds = calibration_feeds[: options.samples]
     debug_path = out_path.with_name(out_path.stem + "_debug.onnx")
-    _run_quantizer(float_path, debug_path, feeds, options, types)
+    _run_quantizer(float_path, debug_path, feeds, options, types, per_channel)
     onnx.save(compact(onnx.load(str(debug_path))), str(out_path))
-    return Int8Result(out_path, float_path, debug_path, types, options, len(feeds), nodes)
+    return Int8Result(
+        out_path, float_path, debug_path, types, options, len(feeds), nodes, sorted(per_channel)
+    )
+
+
+def per_channel_weights(model: onnx.ModelProto, nodes: list[str], granularity: str) -> dict[str, int]:
+    """The weights of ``nodes`` to quantize per output channel, with their channel axis.
+
+    ``channel``: all of them; ``tensor``: none; ``auto``: those :func:`int8_wants_per_channel` picks
+    from the weights alone. Axes follow ONNX Runtime's defaults (Conv 0, Gemm 0 or 1 by ``transB``,
+    MatMul 1).
+    """
+    consts = {init.name: init for init in model.graph.initializer}
+    chosen = {}
+    for node in model.graph.node:
+        if node.name not in nodes or len(node.input) < 2 or node.input[1] not in consts:
+            continue  # a weight computed at run time is quantized per tensor, as ORT does
+        weights = onnx.numpy_helper.to_array(consts[node.input[1]])
+        axis = _channel_axis(node)
+        if weights.ndim < 2 or granularity == "tensor":
+            continue
+        rows = np.moveaxis(weights, axis, 0)
+        if granularity == "channel" or int8_wants_per_channel(rows):
+            chosen[node.input[1]] = axis
+    return chosen
+
+
+def _channel_axis(node: onnx.NodeProto) -> int:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 1  # MatMul's [K, N] and ConvTranspose's [C_in, C_out / group, ...]
 
 
 def compact(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -224,7 +268,12 @@ def _nodes_to_quantize(model: onnx.ModelProto, exclude: tuple[str, ...]) -> list
 
 
 def _run_quantizer(
-    float_path: Path, out_path: Path, feeds: list[Feeds], options: Int8Options, types: Int8Types
+    float_path: Path,
+    out_path: Path,
+    feeds: list[Feeds],
+    options: Int8Options,
+    types: Int8Types,
+    per_channel: dict[str, int],
 ) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -244,10 +293,13 @@ def _run_quantizer(
                 quant_format=QuantFormat.QDQ,
                 activation_type=qtype[types.activation_type],
                 weight_type=qtype[types.weight_type],
-                per_channel=options.per_channel,
+                per_channel=False,  # per weight instead, through ORT's tensor overrides
                 reduce_range=types.reduce_range,
                 calibrate_method=method,
                 nodes_to_exclude=list(options.exclude_nodes),
+                extra_options={
+                    "TensorQuantOverrides": {name: [{"axis": axis}] for name, axis in per_channel.items()}
+                },
             )
     except Exception as exc:  # ORT raises many types; the user needs one line
         raise EdgefabError(f"ONNX Runtime's quantizer failed: {_first_line(exc)}") from None

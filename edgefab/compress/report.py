@@ -196,7 +196,8 @@ def summary_table(report: dict[str, Any]) -> Table:
         "settings",
         f"{settings['calibration']} calibration on {settings['calibration_samples']} samples",
         f"{settings['activation_type']} activations, {settings['weight_type']} weights",
-        "per-channel" if settings["per_channel"] else "per-tensor",
+        f"{settings['per_channel_weights']} of {settings['quantized_nodes']} weights per-channel "
+        f"({settings['granularity']})",
     )
     return table
 
