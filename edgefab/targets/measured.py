@@ -248,6 +248,15 @@ def random_spec(
 
 def measure_model(model, threads: int, rounds: int = 5) -> float:
     """Milliseconds of one ONNX Runtime inference of a static-shape model here (10th percentile)."""
+    return measure_rounds([model_timer(model, threads)], rounds)[0]
+
+
+def model_timer(model, threads: int) -> Callable[[], list[float]]:
+    """A function timing one round (about 100 ms of calls) of a static-shape ONNX model here.
+
+    Several models' timers passed to :func:`measure_rounds` are timed in interleaved rounds, so
+    a burst of load on a shared machine spreads over all of them instead of skewing one.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -260,4 +269,4 @@ def measure_model(model, threads: int, rounds: int = 5) -> float:
             raise EdgefabError(f"input '{value.name}' has no fixed shape ({value.shape}); fix it first")
         dtype = np.float32 if "float" in value.type else np.int64
         feeds[value.name] = rng.standard_normal(value.shape).astype(dtype)
-    return measure_rounds([lambda: time_samples(lambda: session.run(None, feeds), 100.0)], rounds)[0]
+    return lambda: time_samples(lambda: session.run(None, feeds), 100.0)
