@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgefab.console import emit, user_errors
+from edgefab.console import emit, fail, user_errors
 from edgefab.errors import EdgefabError
 
 snn_app = typer.Typer(help="Spiking (IIR-SNN) packages: reports.", no_args_is_help=True)
@@ -138,13 +138,17 @@ def report(
 
 
 def _timesteps(text: str) -> tuple[int, ...]:
-    """``--timesteps`` parsed and checked while the command line is read (before any training)."""
+    """``--timesteps`` parsed and checked while the command line is read (before any training).
+
+    Bad values get the project's one-line ``error:`` and exit code 2 like any other bad input, not
+    click's usage block (a callback runs before the command's ``user_errors`` wrapper can see it).
+    """
     from edgefab.compress.snn_train import parse_timesteps
 
     try:
         return parse_timesteps(text)
     except EdgefabError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        fail(str(exc))
 
 
 CompressOption = Annotated[

@@ -14,9 +14,16 @@ from typer.testing import CliRunner
 
 from edgefab.arch import ArchSpec, BlockSpec
 from edgefab.cli import app
-from edgefab.compress.snn import LIF, SpikeFunction, SynapticLayer, convert, synaptic_layers
+from edgefab.compress.snn import (
+    LIF,
+    MIN_THRESHOLD,
+    SpikeFunction,
+    SynapticLayer,
+    convert,
+    synaptic_layers,
+)
 from edgefab.compress.snn_energy import energy_summary, estimate_energy
-from edgefab.compress.snn_train import SnnOptions, check_timesteps, parse_timesteps
+from edgefab.compress.snn_train import SnnOptions, check_timesteps, parse_timesteps, train_stage
 from edgefab.errors import EdgefabError
 from edgefab.factory.network import build_network
 from edgefab.spaces import get_space
@@ -103,6 +110,24 @@ def test_threshold_and_leak_get_gradients():
     (out1.sum() + out2.sum()).backward()
     assert lif.threshold.grad is not None and float(lif.threshold.grad) < 0  # lower threshold, more spikes
     assert lif.leak.grad is not None and float(lif.leak.grad) != 0
+
+
+def test_training_keeps_leaks_and_thresholds_in_range_and_learning(tiny_snn):
+    """A clamp in the forward pass alone passes no gradient once a raw leak has left [0, 1]."""
+    import copy
+
+    _, snn, calibration = tiny_snn
+    net = copy.deepcopy(snn)
+    net.timesteps = 3
+    for unit in net.units().values():
+        unit.lif.leak.data.fill_(0.99)
+    labels = torch.arange(len(calibration)) % TINY.num_classes
+    options = SnnOptions(lr=1e-2, threshold_lr_scale=30.0, batch_size=16)  # large steps: leaks overshoot
+    train_stage(net, calibration, labels, options, epochs=1)
+    leaks = [unit.lif.leak.item() for unit in net.units().values()]
+    assert all(0.0 <= leak <= 1.0 for leak in leaks), leaks
+    assert any(leak < 0.99 for leak in leaks)  # they still learn
+    assert all(unit.lif.threshold.item() >= MIN_THRESHOLD for unit in net.units().values())
 
 
 # --- conversion -------------------------------------------------------------------------------------
@@ -201,9 +226,13 @@ def test_timesteps_parsing():
 
 
 def test_cli_refuses_bad_snn_options_before_training(tmp_path):
-    result = runner.invoke(app, ["build", "--target", "host", "--compress", "snn", "--timesteps", "1,3",
-                                 "--out", str(tmp_path)])  # fmt: skip
-    assert result.exit_code == 2 and "strictly decreasing" in result.output
+    bad_values = [("1,3", "strictly decreasing"), ("3,0", "1 or more"), ("5,three", "comma-separated")]
+    for bad, message in bad_values:
+        result = runner.invoke(app, ["build", "--target", "host", "--compress", "snn", "--timesteps", bad,
+                                     "--out", str(tmp_path)])  # fmt: skip
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.output.startswith("error: ") and "Usage:" not in result.output  # one line, no usage
+        assert len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["build", "--target", "host", "--compress", "prune", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown --compress" in result.output
     result = runner.invoke(app, ["snn", "report", str(tmp_path)])
