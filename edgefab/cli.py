@@ -15,6 +15,7 @@ from rich.table import Table
 from edgefab.bench_cli import bench_command
 from edgefab.console import RichProgress, emit, fail, key_value_table, user_errors
 from edgefab.factory_cli import factory_app
+from edgefab.flow_cli import flow_app, generator_rows
 from edgefab.quantize_cli import (
     ActOrderOption,
     CalibrationDataOption,
@@ -44,6 +45,7 @@ app.add_typer(quantize_app, name="quantize")
 app.add_typer(search_app, name="search")
 app.add_typer(factory_app, name="factory")
 app.add_typer(snn_app, name="snn")
+app.add_typer(flow_app, name="flow")
 app.command("tune")(tune_command)
 app.command("bench")(bench_command)
 
@@ -97,7 +99,7 @@ def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]
             f"{manifest.get('recommended_engine')} ({manifest.get('recommended_because')})",
         ),
     ]
-    return rows + quantization_rows(manifest) + snn_rows(manifest)
+    return rows + quantization_rows(manifest) + snn_rows(manifest) + generator_rows(manifest)
 
 
 @app.command()
@@ -121,6 +123,10 @@ def build(
     finetune_epochs: Annotated[
         int, typer.Option("--finetune-epochs", min=0, help="Epochs of fine-tuning after customising.")
     ] = 0,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="A SlimFlow checkpoint (edgefab flow slim): a generator package."),
+    ] = None,
     out: OutOption = Path("build"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (simple family, no factory).")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
@@ -149,7 +155,7 @@ def build(
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
         group_size=group_size, act_order=act_order,
         task=task, factory=factory, finetune_epochs=finetune_epochs,
-        compress=compress, timesteps=timesteps,
+        compress=compress, timesteps=timesteps, model=model,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = run_build(options, progress)
@@ -332,10 +338,13 @@ def package_verify(
 def package_run(
     path: Annotated[Path, typer.Argument(help="Package folder.")],
     input_file: Annotated[
-        Path, typer.Option("--input", "-i", help=".npy (images or the model's input) or .npz (named inputs).")
-    ],
+        Path | None,
+        typer.Option("--input", "-i", help=".npy (images or the model's input) or .npz (named inputs)."),
+    ] = None,
     engine: Annotated[str, typer.Option(help="auto, onnxruntime or tvm.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Write the outputs to this .npz file.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the outputs to this .npz file (a generator: a .png grid).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a package on inputs from a file and print the results."""

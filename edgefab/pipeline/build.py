@@ -35,6 +35,7 @@ from edgefab.pipeline.common import (
     SilentProgress,
     base_manifest,
     compile_with_tvm,
+    engines_entry,
     recommend_engine,
     work_folder,
 )
@@ -78,6 +79,7 @@ class BuildOptions:
     act_order: bool = False  # w4/w8: GPTQ visits columns by decreasing Hessian diagonal
     compress: str | None = None  # "snn": see edgefab.pipeline.snn
     timesteps: tuple[int, ...] = (5, 3, 2, 1)  # --compress snn: IIR-SNN stages, the last one ships
+    model: Path | None = None  # a SlimFlow checkpoint: a generator package (edgefab.pipeline.flow_build)
 
 
 def model_latency(
@@ -137,6 +139,10 @@ def onnx_accuracy(onnx_path: Path, val: Dataset, prep: dict) -> float:
 def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
     """Run the whole pipeline and write the package; returns its folder and manifest."""
     progress = progress or SilentProgress()
+    if options.model is not None:  # a flow checkpoint: its one-step generator is the package
+        from edgefab.pipeline.flow_build import build_flow_package
+
+        return build_flow_package(options, progress)
     target = load_target(options.target)
     request = make_request(
         options.quantize,
@@ -261,14 +267,7 @@ def _export_and_check(
             "preprocessing": prep,
             "labels": "labels.json",
             "labels_list": list(train.classes),
-            "engines": {
-                "onnxruntime": {
-                    "file": "model.onnx",
-                    "provider": target.ort_provider,
-                    "opset": proto.opset_import[0].version,
-                },
-                "tvm": tvm.manifest_entry(),
-            },
+            "engines": engines_entry(target, proto, tvm),
             "recommended_engine": engine,
             "recommended_because": why,
             "figures": {

@@ -112,6 +112,18 @@ def compile_with_tvm(
     return TvmOutcome(artifact=artifact, parity_max_abs_diff=diff, latency=latency)
 
 
+def engines_entry(target: Target, proto: onnx.ModelProto, tvm: TvmOutcome) -> dict[str, Any]:
+    """The manifest's ``engines``: the ONNX model for ONNX Runtime and what TVM made of it."""
+    return {
+        "onnxruntime": {
+            "file": "model.onnx",
+            "provider": target.ort_provider,
+            "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        },
+        "tvm": tvm.manifest_entry(),
+    }
+
+
 def recommend_engine(ort_latency: LatencyFigure | None, tvm: TvmOutcome) -> tuple[str, str]:
     """Which engine the package should run on, and why (measured where both ran here)."""
     if tvm.artifact is None:

@@ -58,10 +58,17 @@ def _run_raw(package: Package, inputs: np.ndarray | dict[str, np.ndarray]) -> di
 
 
 def run_file(
-    package_dir: Path, input_file: Path, engine: str = "auto", out: Path | None = None
+    package_dir: Path, input_file: Path | None, engine: str = "auto", out: Path | None = None
 ) -> dict[str, Any]:
-    """Run the package on the file's inputs; classifiers get labels, other models output summaries."""
+    """Run the package on the file's inputs; classifiers get labels, generators write a PNG grid
+    (see :mod:`edgefab.runtime.generate`), other models output summaries."""
     package = load(package_dir, engine)
+    if package.manifest.get("kind") == "generator":
+        from edgefab.runtime.generate import generate
+
+        return {"package": str(package_dir), "engine": package.engine, **generate(package, input_file, out)}
+    if input_file is None:
+        raise EdgefabError("--input is required (only generator packages draw their own noise)")
     inputs = read_inputs(Path(input_file))
     if package.manifest.get("kind") == "classifier" and isinstance(inputs, np.ndarray):
         result = _classify(package, inputs)

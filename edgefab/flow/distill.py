@@ -1,0 +1,75 @@
+"""Flow-Guided Distillation (SlimFlow section 3.3): the annealed 2-flow becomes a one-step generator.
+
+The student starts from the 2-flow; a frozen copy of the 2-flow is the guide. Each step:
+
+- one-step distillation: D(z + v_s(z, 0), x) on a reflow pair (z, x);
+- two-step guidance: the student's own jump to t' ~ U[0.2, 0.8], x_t' = z + t' v_s(z, 0), then the
+  guide's velocity from there, target = x_t' + (1 - t') v_g(x_t', t'), detached; loss
+  D(z + v_s(z, 0), target). It keeps the one-step map close to what the flow itself would reach.
+
+D is the pseudo-Huber distance sqrt(||a - b||^2 + c^2) - c with c = 0.00054 sqrt(dims) (as in
+improved consistency training), not LPIPS: LPIPS needs VGG/AlexNet weights that cannot be
+downloaded here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgefab.flow.checkpoint import clone_weights
+from edgefab.flow.data import random_flip
+from edgefab.flow.rectified import OptimOptions, optimize
+from edgefab.flow.reflow import Pairs
+from edgefab.flow.unet import VelocityUNet
+
+DISTILL_LR = 1e-3  # 2e-4 gave 140 against 127 here (benchmarks/slimflow.py, BENCHMARKS.md)
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """Distillation: optimisation, guidance weight, range of the guidance time t'."""
+
+    optim: OptimOptions = OptimOptions(steps=2000, lr=DISTILL_LR, warmup=50)
+    guide_weight: float = 1.0
+    t_low: float = 0.2
+    t_high: float = 0.8
+    flip: bool = False
+
+
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of sqrt(||a - b||^2 + c^2) - c, c = 0.00054 sqrt(dims)."""
+    dims = a[0].numel()
+    c = 0.00054 * math.sqrt(dims)
+    return (torch.sqrt((a - b).pow(2).flatten(1).sum(1) + c * c) - c).mean()
+
+
+def flow_guided_distill(
+    two_flow: VelocityUNet,
+    pairs: Pairs,
+    options: DistillOptions,
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[nn.Module, list[float]]:
+    """A one-step student from ``two_flow`` (left untouched: its frozen copy guides); returns the EMA."""
+    student = clone_weights(two_flow)
+    guide = clone_weights(two_flow).eval().requires_grad_(False)
+
+    def loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(len(pairs.noise), (options.optim.batch_size,), generator=generator)
+        z, x = pairs.noise[index], pairs.images[index]
+        if options.flip:
+            z, x = random_flip(z, x, generator=generator)
+        zeros = torch.zeros(len(z))
+        velocity = student(z, zeros)
+        one_step = z + velocity
+        with torch.no_grad():
+            t = options.t_low + (options.t_high - options.t_low) * torch.rand(len(z), generator=generator)
+            jump = z + t[:, None, None, None] * velocity
+            target = jump + (1 - t)[:, None, None, None] * guide(jump, t)
+        return pseudo_huber(one_step, x) + options.guide_weight * pseudo_huber(one_step, target)
+
+    return optimize(student, loss, options.optim, on_step)

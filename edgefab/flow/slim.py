@@ -1,0 +1,159 @@
+"""``edgefab flow slim``: SlimFlow on a rectified-flow teacher.
+
+1. Reflow pairs: seeded noise z and the teacher's ODE solution x from it (Euler N steps or RK45).
+2. Annealing Reflow (:mod:`edgefab.flow.reflow`): a randomly initialised student of ``width``
+   learns the pairs, its noise annealed from independent to the teacher's coupling: the 2-flow.
+3. Flow-Guided Distillation (:mod:`edgefab.flow.distill`): the 2-flow becomes a one-step generator.
+4. Both students are scored at one step (Frechet distance on the project's own digit features,
+   with the real-vs-real floor) and drawn as PNG grids; the checkpoint (kind ``slimflow``) holds
+   both, the pairs and the teacher's path.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgefab.errors import EdgefabError
+from edgefab.flow.checkpoint import (
+    SLIMFLOW,
+    TEACHER,
+    check_checkpoint_folder,
+    load_checkpoint,
+    save_checkpoint,
+)
+from edgefab.flow.data import load_flow_data
+from edgefab.flow.distill import DistillOptions, flow_guided_distill
+from edgefab.flow.evaluate import make_scorer, save_grid, score
+from edgefab.flow.rectified import torch_threads
+from edgefab.flow.reflow import AnnealOptions, Pairs, annealing_reflow, generate_pairs, parse_solver
+from edgefab.flow.unet import UNetConfig, VelocityUNet, check_config, parameter_count
+
+PAIRS_FILE = "pairs.npz"
+
+
+@dataclass(frozen=True)
+class SlimOptions:
+    """What ``edgefab flow slim`` was asked for."""
+
+    teacher: Path
+    out: Path = Path("flows/slim")
+    width: float = 0.5
+    pairs: int = 3000
+    solver: str = "euler:16"  # how the teacher's pairs are solved: euler:N or rk45
+    anneal: AnnealOptions = field(default_factory=AnnealOptions)
+    distill: DistillOptions = field(default_factory=DistillOptions)
+    eval_samples: int = 1000  # per set for the Frechet distance (0: skip scoring)
+    seed: int = 0
+    threads: int = 1
+
+
+def slim(options: SlimOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
+    """Run SlimFlow on ``options.teacher``; returns (checkpoint folder, summary)."""
+    teacher_ckpt = load_checkpoint(options.teacher, TEACHER, "flow slim")
+    teacher = teacher_ckpt.models["velocity"]
+    config = UNetConfig(teacher.config.image_shape, teacher.config.base_channels, options.width)
+    check_config(config)  # a width that does not divide the channels fails before any work
+    solver, solver_steps = parse_solver(options.solver)
+    check_checkpoint_folder(options.out)
+    if options.pairs < options.anneal.optim.batch_size:
+        raise EdgefabError(
+            f"--pairs {options.pairs} is below the batch size {options.anneal.optim.batch_size}"
+        )
+    seconds: dict[str, float] = {}
+    with torch_threads(options.threads), tempfile.TemporaryDirectory(prefix="edgefab-slim-") as work:
+        progress.stage(f"reflow pairs: {options.pairs} teacher samples ({options.solver})")
+        start = time.perf_counter()
+        image_shape = tuple(teacher.config.image_shape)
+        pairs = generate_pairs(
+            teacher, options.pairs, image_shape, solver, solver_steps, options.seed, progress.advance
+        )
+        seconds["pairs"] = time.perf_counter() - start
+        two_flow, reflow_losses = _anneal(config, pairs, options, progress, seconds)
+        progress.stage(f"flow-guided distillation ({options.distill.optim.steps} steps)")
+        start = time.perf_counter()
+        one_step, distill_losses = flow_guided_distill(two_flow, pairs, options.distill, progress.advance)
+        seconds["distill"] = time.perf_counter() - start
+        scores = _score(
+            teacher_ckpt.meta["data"]["spec"], {"two_flow": two_flow, "one_step": one_step}, options, progress
+        )
+        progress.stage(f"writing {options.out}")
+        extra = {PAIRS_FILE: pairs.save(Path(work) / PAIRS_FILE)}
+        for name, model in (("two_flow", two_flow), ("one_step", one_step)):
+            extra[f"{name}.png"] = save_grid(model, Path(work) / f"{name}.png", "euler", 1)
+        summary = _summary(
+            options, teacher_ckpt, teacher, one_step, pairs, seconds, scores, reflow_losses, distill_losses
+        )
+        path = save_checkpoint(
+            options.out, SLIMFLOW, {"two_flow": two_flow, "one_step": one_step}, summary, extra
+        )
+    return path, summary
+
+
+def _anneal(config: UNetConfig, pairs: Pairs, options: SlimOptions, progress: Any, seconds: dict) -> tuple:
+    progress.stage(
+        f"annealing reflow: width {options.width:g} student, {options.anneal.optim.steps} steps "
+        f"(b 1 -> 0 over {options.anneal.anneal_steps}, {options.anneal.schedule})"
+    )
+    start = time.perf_counter()
+    torch.manual_seed(options.seed + 1)
+    student = VelocityUNet(config)  # random initialisation, as SlimFlow's students
+    two_flow, losses = annealing_reflow(student, pairs, options.anneal, progress.advance)
+    seconds["annealing_reflow"] = time.perf_counter() - start
+    return two_flow, losses
+
+
+def _score(
+    data_spec: str, models: dict[str, VelocityUNet], options: SlimOptions, progress: Any
+) -> dict[str, Any]:
+    if options.eval_samples <= 0:
+        return {}
+    progress.stage(f"scoring: Frechet distance of {options.eval_samples} one-step samples per model")
+    scorer = make_scorer(load_flow_data(data_spec), options.eval_samples)
+    result = {name: score(scorer, model, "euler", 1)["frechet_distance"] for name, model in models.items()}
+    return {**scorer.to_dict(), "one_step": result}
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / max(1, len(values)), 4)
+
+
+def _summary(options, teacher_ckpt, teacher, one_step, pairs, seconds, scores, reflow_losses, distill_losses):
+    anneal, distill = options.anneal, options.distill
+    return {
+        "teacher": {
+            "path": str(Path(teacher_ckpt.path).resolve()),
+            "sha256": teacher_ckpt.meta["models"]["velocity"]["sha256"],
+            "parameters": parameter_count(teacher),
+        },
+        "data": teacher_ckpt.meta["data"],
+        "width": options.width,
+        "parameters": {"one_step": parameter_count(one_step), "teacher": parameter_count(teacher)},
+        "pairs": {
+            "count": len(pairs.noise),
+            "solver": pairs.solver,
+            "teacher_evaluations": pairs.evaluations,
+        },
+        "annealing_reflow": {
+            **anneal.optim.__dict__,
+            "anneal_steps": anneal.anneal_steps,
+            "schedule": anneal.schedule,
+            "flip": anneal.flip,
+            "loss_last_100": _mean(reflow_losses[-100:]),
+        },
+        "distillation": {
+            **distill.optim.__dict__,
+            "guide_weight": distill.guide_weight,
+            "t_range": [distill.t_low, distill.t_high],
+            "distance": "pseudo-Huber (c = 0.00054 sqrt(dims)); LPIPS weights cannot be downloaded here",
+            "flip": distill.flip,
+            "loss_last_100": _mean(distill_losses[-100:]),
+        },
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "frechet": scores,
+    }
