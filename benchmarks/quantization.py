@@ -89,7 +89,9 @@ def digits_row(model: Path, work: Path) -> dict[str, str]:
         "agreement": f"{100 * agreement(fp32, int8).share:.2f} % top-1 ({len(feeds)} validation digits)",
         "types": f"{result.types.activation_type}/{result.types.weight_type}",
     }
-    return row("digits (factory, 58 k params)", model, result.path, checks, feeds[0])
+    params = sum(int(np.prod(t.dims)) for t in onnx.load(str(model)).graph.initializer if len(t.dims) > 1)
+    checks["per-channel weights"] = f"{len(result.per_channel_weights)} of {len(result.quantized_nodes)}"
+    return row(f"digits (factory, {params / 1000:.0f} k weights)", model, result.path, checks, feeds[0])
 
 
 def ppocr_row(work: Path) -> dict[str, str]:
@@ -113,6 +115,7 @@ def ppocr_row(work: Path) -> dict[str, str]:
         f"{100 * noise_agree.share:.0f} % on 100 noise inputs (max |dp| {noise_agree.max_abs_diff:.3f})",
         "types": f"{result.types.activation_type}/{result.types.weight_type}",
     }
+    checks["per-channel weights"] = f"{len(result.per_channel_weights)} of {len(result.quantized_nodes)}"
     return row("ppocr_mobile_v2_cls", fp32_path, result.path, checks, feeds[0])
 
 
