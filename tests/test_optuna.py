@@ -2,8 +2,12 @@
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +66,62 @@ def test_processes_share_one_study(tiny_factory, tmp_path):
     outputs = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers)
     assert max(o["trials_in_study"] for o in outputs) == 6
+
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on localhost (the machine's own binaries), as an optuna URL."""
+    pytest.importorskip("psycopg2")
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="edgefab-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        folder.chmod(0o755)
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+    initdb = [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "edgefab"]
+    subprocess.run(initdb, **quiet)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)]
+    subprocess.run([*pg_ctl, "-o", options, "-l", str(folder / "log"), "-w", "start"], **quiet)
+    try:
+        yield f"postgresql+psycopg2://edgefab@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], **quiet)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_processes_share_one_postgresql_study(tiny_factory, tmp_path, postgres_url):
+    """Many workers, as on many machines: two processes on one PostgreSQL study (optuna's RDB storage)."""
+    edgefab = [sys.executable, "-c", "from edgefab.cli import main; main()"]
+    command = [*edgefab, "search", "optuna", "--target", "pixel", "--latency-ms", "1", "--trials", "3",
+               "--factory", str(tiny_factory[0]), "--storage", postgres_url, "--json"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen([*command, "--out", str(tmp_path / f"run{i}")], stdout=subprocess.PIPE, env=env)
+        for i in range(2)
+    ]
+    outputs = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers)
+    assert max(o["trials_in_study"] for o in outputs) == 6
+    assert all(o["storage"] == postgres_url for o in outputs)
+    studies = open_storage(postgres_url).get_all_studies()
+    assert len(studies) == 1

@@ -15,6 +15,7 @@ machines with the same ``--storage`` and ``--study`` and they share one study.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
     journal file path (safe for several processes on one file system)."""
     if "://" in spec:
         try:
-            return optuna.storages.RDBStorage(spec)
+            return _rdb_storage(spec)
         except (ImportError, ModuleNotFoundError) as error:
             raise EdgefabError(
                 f"storage {spec}: {error}; install the database driver (e.g. psycopg2)"
@@ -64,6 +65,24 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
 
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """optuna's RDB storage; retried while another worker is creating the same schema.
+
+    Workers started together on an empty database (PostgreSQL) race to create optuna's tables,
+    and the loser fails on a unique constraint; once the winner is done, opening again works.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def search(
