@@ -44,7 +44,12 @@ def test_host_profile_is_cached_and_used(cache):
         table.layers[layer.key()] for layer in spec_layers(TINY)))  # fmt: skip
     # a layer the table lacks is measured on first use, here, and kept
     wider = ArchSpec((3, 32, 32), 10, 8, (BlockSpec(8, 3, 1, 1), BlockSpec(24, 7, 2, 2)), 32, 2)
-    assert {layer.source for layer in model.predict(wider).layers} == {"measured"}
+    first = model.predict(wider)
+    assert {layer.source for layer in first.layers} == {"measured"}
+    # ... on disk, so another process predicts with the same figures instead of measuring again
+    kept = MeasuredTable.load(path)
+    assert len(kept.layers) > len(table.layers) and kept.overhead == table.overhead
+    assert latency_model(host, threads=1).predict(wider).ms == pytest.approx(first.ms)
 
 
 def test_profile_refuses_a_remote_target_without_rpc(cache):

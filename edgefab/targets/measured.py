@@ -94,7 +94,7 @@ class MeasuredTable:
     def save(self, path: Path) -> None:
         """Write atomically (a reader never sees half a table)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(".part")
+        part = path.with_suffix(f".{os.getpid()}.part")  # processes may save the same table at once
         part.write_text(json.dumps(asdict(self), indent=1, sort_keys=True))
         part.replace(path)
 
@@ -112,6 +112,22 @@ class MeasuredTable:
         run = self.overhead[0]
         ratios = [(net["measured_ms"] - run) / net["sum_ms"] for net in self.networks if net["sum_ms"] > 0]
         self.overhead = (run, float(np.median(ratios) - 1) if ratios else 0.0)
+
+
+def _kept_on_disk(
+    measure: Callable[[Layer], float], table: MeasuredTable, path: Path
+) -> Callable[[Layer], float]:
+    """``measure``, with each newly measured layer added to the cached table on disk, so that later
+    processes predict with the same figure instead of measuring it again (under other load)."""
+
+    def measure_and_keep(layer: Layer) -> float:
+        ms = measure(layer)
+        latest = MeasuredTable.load(path) if path.is_file() else table  # another process may have saved
+        ms = latest.layers.setdefault(layer.key(), ms)
+        latest.save(path)
+        return ms
+
+    return measure_and_keep
 
 
 def fitted_fallback(table: dict[str, float]) -> OpModel | None:
@@ -137,7 +153,9 @@ def measured_model(
         table = MeasuredTable(target.name, runtime_version(runtime), count, "this machine")
     else:
         return None
-    measure = OrtMeasurer(count).layer if target.runs_here and runtime == "onnxruntime" else None
+    measure = None
+    if target.runs_here and runtime == "onnxruntime":
+        measure = _kept_on_disk(OrtMeasurer(count).layer, table, path)
     method = (
         f"{len(table.layers)} layers measured with {table.runtime} on {table.device}, {count} thread(s); "
         f"overhead fitted on {len(table.networks)} networks"
