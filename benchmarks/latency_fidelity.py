@@ -107,13 +107,11 @@ def _exported(build_network, export_onnx, spec, path: Path):
     """The network of ``spec`` as ONNX, exported once (the same spec and seed give the same file)."""
     import onnx
 
-    if (
-        path.with_suffix(".json").is_file()
-        and json.loads(path.with_suffix(".json").read_text()) == spec.to_dict()
-    ):
+    meta, described = path.with_suffix(".json"), json.dumps(spec.to_dict())
+    if path.is_file() and meta.is_file() and meta.read_text() == described:
         return onnx.load(str(path))
     model = export_onnx(build_network(spec), (1, *spec.input_shape), path)
-    path.with_suffix(".json").write_text(json.dumps(spec.to_dict()))
+    meta.write_text(described)
     return model
 
 

@@ -23,7 +23,7 @@ from edgefab.runtime.package import staged_folder
 from edgefab.search.costs import cost_table
 from edgefab.search.spnas import SpnasOptions, SpnasResult, search
 from edgefab.spaces import get_space
-from edgefab.targets import load_target
+from edgefab.targets import Target, load_target
 from edgefab.targets.latency import latency_model, measure_onnx
 
 
@@ -82,22 +82,23 @@ def run_spnas(job: SpnasJob, progress: Progress | None = None) -> tuple[Path, di
     )
     progress.stage(f"searching {space.name} for {job.budget_ms:g} ms on {target.name}")
     result = search(space, table, train, prep, options, progress.advance, validation=val)
-    return _write_run(job, target.runs_here, result, table.source, options, progress)
+    return _write_run(job, target, result, table.source, options, progress)
 
 
-def _write_run(job: SpnasJob, runs_here: bool, result: SpnasResult, source: str, options, progress: Progress):
+def _write_run(job: SpnasJob, target: Target, result: SpnasResult, source: str, options, progress: Progress):
     out = Path(job.out)
     with staged_folder(out) as staging:  # an earlier run folder (checked before the search) is replaced
         progress.stage(f"writing {out}")
         onnx_path = staging / "model.onnx"
         export_onnx(result.network, (1, *result.spec.input_shape), onnx_path)
         measured = None
-        if runs_here:
+        if target.runs_here:
             shape = (1, *result.spec.input_shape)
             import numpy as np
 
             feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal(shape).astype("float32")}
-            measured = measure_onnx(onnx_path, feeds).to_dict()
+            # with the target's threads: the figure the latency model predicts
+            measured = measure_onnx(onnx_path, feeds, threads=target.threads).to_dict()
         state = {k: v.contiguous() for k, v in result.network.state_dict().items()}
         save_file(state, str(staging / "weights.safetensors"))
         summary = {
