@@ -54,18 +54,23 @@ def test_bad_search_input(tiny_factory, tmp_path):
 @pytest.mark.slow
 def test_processes_share_one_study(tiny_factory, tmp_path):
     """Two `edgefab search optuna` processes on one journal file: one study with both's trials."""
-    journal = tmp_path / "shared.journal"
+    outputs = _two_workers(tiny_factory[0], str(tmp_path / "shared.journal"), tmp_path)
+    assert max(o["trials_in_study"] for o in outputs) == 6
+
+
+def _two_workers(factory: Path, storage: str, out: Path) -> list[dict]:
+    """Two `edgefab search optuna` processes of 3 trials each, started together on ``storage``."""
     edgefab = [sys.executable, "-c", "from edgefab.cli import main; main()"]
     command = [*edgefab, "search", "optuna", "--target", "pixel", "--latency-ms", "1", "--trials", "3",
-               "--factory", str(tiny_factory[0]), "--storage", str(journal), "--json"]  # fmt: skip
+               "--factory", str(factory), "--storage", storage, "--json"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [
-        subprocess.Popen([*command, "--out", str(tmp_path / f"run{i}")], stdout=subprocess.PIPE, env=env)
+        subprocess.Popen([*command, "--out", str(out / f"run{i}")], stdout=subprocess.PIPE, env=env)
         for i in range(2)
     ]
     outputs = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers)
-    assert max(o["trials_in_study"] for o in outputs) == 6
+    return outputs
 
 
 def _postgres_bin() -> Path | None:
@@ -111,16 +116,7 @@ def postgres_url():
 @pytest.mark.slow
 def test_processes_share_one_postgresql_study(tiny_factory, tmp_path, postgres_url):
     """Many workers, as on many machines: two processes on one PostgreSQL study (optuna's RDB storage)."""
-    edgefab = [sys.executable, "-c", "from edgefab.cli import main; main()"]
-    command = [*edgefab, "search", "optuna", "--target", "pixel", "--latency-ms", "1", "--trials", "3",
-               "--factory", str(tiny_factory[0]), "--storage", postgres_url, "--json"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    workers = [
-        subprocess.Popen([*command, "--out", str(tmp_path / f"run{i}")], stdout=subprocess.PIPE, env=env)
-        for i in range(2)
-    ]
-    outputs = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
-    assert all(worker.returncode == 0 for worker in workers)
+    outputs = _two_workers(tiny_factory[0], postgres_url, tmp_path)
     assert max(o["trials_in_study"] for o in outputs) == 6
     assert all(o["storage"] == postgres_url for o in outputs)
     studies = open_storage(postgres_url).get_all_studies()
