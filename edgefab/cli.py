@@ -29,7 +29,7 @@ from edgefab.quantize_cli import (
 )
 from edgefab.search_cli import search_app
 from edgefab.snn_cli import CompressOption, TimestepsOption, snn_app, snn_rows
-from edgefab.tune_cli import TuneOption, tune_command
+from edgefab.tune_cli import KeyOption, RpcOption, TuneOption, tune_command
 
 app = typer.Typer(
     help="Turn a task and a device budget into a verified on-device runtime package.",
@@ -73,6 +73,15 @@ def _model_text(build: dict[str, Any]) -> str:
     )
 
 
+def _tuning_rows(tvm: dict[str, Any]) -> list[tuple[str, Any]]:
+    """How much of the TVM library the target's tuning database covered (nothing when there is none)."""
+    if not tvm.get("kernels_in_database"):
+        return []
+    fallback = len(tvm.get("default_schedule_kernels", []))
+    text = f"{tvm['kernels_in_database']} kernels tuned; {fallback} on TVM's default schedule"
+    return [("TVM tuning", text)]
+
+
 def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     figures = manifest.get("figures", {})
     tvm = manifest["engines"].get("tvm", {})
@@ -94,6 +103,7 @@ def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]
         ("latency", _latency_text(figures.get("latency"))),
         ("TVM latency", _latency_text(figures.get("tvm_latency"))),
         ("TVM library", tvm_text),
+        *_tuning_rows(tvm),
         (
             "recommended engine",
             f"{manifest.get('recommended_engine')} ({manifest.get('recommended_because')})",
@@ -186,6 +196,8 @@ def compile_command(
     group_size: GroupSizeOption = None,
     act_order: ActOrderOption = False,
     tune: TuneOption = None,
+    rpc: RpcOption = None,
+    key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compile any ONNX model for a target: fix shapes, simplify, verify, TVM, package."""
@@ -195,7 +207,7 @@ def compile_command(
         model, target, list(inputs or []), out, name, archive, quantize=quantize,
         max_accuracy_drop=max_accuracy_drop, calibration=calibration,
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
-        group_size=group_size, act_order=act_order, tune=tune,
+        group_size=group_size, act_order=act_order, tune=tune, rpc=rpc, key=key,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = compile_model(options, progress)

@@ -14,8 +14,15 @@ TuneOption = Annotated[
         "--tune",
         min=1,
         help="Tune with MetaSchedule: up to N trials for the kernels the target's tuning database lacks "
-        "(kept in the cache and reused by later builds). Host targets only.",
+        "(kept in the cache and reused by later builds). Host targets, or any CPU target with --rpc.",
     ),
+]
+RpcOption = Annotated[
+    str | None,
+    typer.Option("--rpc", help="TVM RPC tracker HOST:PORT: measure tuning candidates on the device there."),
+]
+KeyOption = Annotated[
+    str | None, typer.Option("--key", help="With --rpc: the key the device's RPC server registered with.")
 ]
 
 
@@ -25,6 +32,7 @@ def tuning_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
         ("kernels", f"{report['tasks']} ({report['tasks_in_database']} already in the database)"),
         ("tuned now", f"{report['tasks_tuned']} kernels, {report['new_trials']} trials measured"),
+        ("measured on", report["measured_on"]),
         ("cost model", report["cost_model"] or "-"),
         ("tuning time", f"{report['seconds']:.1f} s"),
         ("database", f"{database['path']} ({database['records']} records, TVM {database['tvm_version']})"),
@@ -33,21 +41,24 @@ def tuning_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
 
 @user_errors
 def tune_command(
-    space: Annotated[str, typer.Option(help="Search space whose layer shapes to tune (digits-28, ...).")],
+    space: Annotated[str, typer.Option(help="Search space whose layer shapes to tune.")] = "digits-28",
     target: Annotated[str, typer.Option("--target", "-t", help="Target name or .toml path.")] = "host",
     trials: Annotated[int, typer.Option(min=1, help="Trials in all, spread over the new kernels.")] = 64,
     num_classes: Annotated[int, typer.Option(min=2, help="Classes of the head layer.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
+    rpc: RpcOption = None,
+    key: KeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Tune every distinct layer shape of a search space into the target's tuning database.
 
     Later builds of any network of that space (factory, search, build) compile tuned at no cost.
-    Interrupting keeps the trials measured so far.
+    Interrupting keeps the trials measured so far. With --rpc and --key the candidates are measured
+    on the device behind a TVM RPC tracker (any CPU target: pixel, note10, rpi4, ...).
     """
     from edgefab.pipeline.tune import SpaceTuneJob, tune_space
 
-    job = SpaceTuneJob(target, space, trials, num_classes, seed)
+    job = SpaceTuneJob(target, space, trials, num_classes, seed, rpc, key)
     try:
         with RichProgress(enabled=not as_json) as progress:
             report = tune_space(job, progress)

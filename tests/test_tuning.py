@@ -7,6 +7,7 @@ database is written, found and applied does). Each test gets its own cache folde
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgefab.errors import EdgefabError
 from edgefab.export import tuning
+from edgefab.export.rpc_tuning import RpcDevice
 from edgefab.export.tvm_compile import check_compilable, import_onnx, resolve_tvm_target
 from edgefab.pipeline.compile import CompileOptions, compile_model
 from edgefab.targets import load_target
@@ -74,8 +76,62 @@ def test_database_of_another_tvm_version_is_ignored_with_a_warning():
 
 
 def test_tuning_is_refused_where_candidates_cannot_be_measured():
-    with pytest.raises(EdgefabError, match="cannot tune for pixel"):
+    with pytest.raises(EdgefabError, match="cannot tune for pixel.*--rpc HOST:PORT --key KEY"):
         check_compilable(load_target("pixel"), tune=True)
+    with pytest.raises(EdgefabError, match="cannot tune for pixel-gpu: MetaSchedule tuning here covers CPU"):
+        check_compilable(load_target("pixel-gpu"), tune=True, over_rpc=True)
+    check_compilable(load_target("pixel"), tune=True, over_rpc=True)  # a phone's CPU over RPC is fine
+
+
+@pytest.mark.parametrize(
+    ("rpc", "key", "tune", "message"),
+    [
+        ("127.0.0.1:1", "android", None, "add --tune N"),
+        (None, "android", 4, "give the tracker with --rpc"),
+        ("127.0.0.1:1", None, 4, "--rpc needs --key"),
+        ("127.0.0.1:1", "android", 4, r"cannot reach the TVM RPC tracker at 127.0.0.1:1 \("),
+    ],
+)
+def test_compile_rpc_options_fail_early_and_clearly(tmp_path, rpc, key, tune, message):
+    path = tmp_path / "one.onnx"
+    onnx.save(one_conv(), str(path))
+    options = CompileOptions(path, target="pixel", out=tmp_path / "out", tune=tune, rpc=rpc, key=key)
+    with pytest.raises(EdgefabError, match=message):
+        compile_model(options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_tuning_over_a_localhost_rpc_tracker_until_the_device_disappears():
+    """Candidates measured by a TVM RPC server; once it is gone, tuning stops with a clear error."""
+    pytest.importorskip("tornado")
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=9190, port_end=9290, silent=True)
+    server = rpc.Server(host="127.0.0.1", port=9300, port_end=9400, tracker_addr=("127.0.0.1", tracker.port),
+                        key="android", silent=True)  # fmt: skip
+    folder = tuning.database_dir("host", host_tvm_target())
+    tasks = tuning.extract_tasks(import_onnx(one_conv()), host_tvm_target())
+    device = RpcDevice(f"127.0.0.1:{tracker.port}", "android", timeout_s=20)
+    try:
+        report = tuning.tune(tasks[:2], folder, tuning.TuneOptions(trials=2, device=device))
+        assert report.tasks_tuned == 2 and report.measured_on == f"RPC key 'android' via {device.tracker}"
+        server.terminate()
+        started = time.monotonic()
+        with pytest.raises(EdgefabError, match="disappeared during tuning; what it measured before is kept"):
+            tuning.tune(tasks, folder, tuning.TuneOptions(trials=4, device=device))
+        assert time.monotonic() - started < 60  # no wait on a session that never comes
+    finally:
+        server.terminate()
+        tracker.terminate()
+    database = tuning.open_database(folder, create=False)
+    assert all(tuning._has_record(database, task) for task in tasks[:2])
+    # kernels the database lacks fall back to TVM's default schedule, and the manifest names them
+    executable, info = tuning.compile_cpu(import_onnx(one_conv()), "host", host_tvm_target())
+    assert info["kernels_in_database"] == f"2 of {len(tasks)}"
+    assert sorted(info["default_schedule_kernels"]) == sorted(t.task_name for t in tasks[2:])
+    assert executable is not None
 
 
 @pytest.mark.slow
@@ -111,3 +167,57 @@ def test_tuned_compile_then_sibling_reuses_the_database(tmp_path):
     assert again["engines"]["tvm"]["database"]["records"] == records
     database = json.loads((tuning.database_dir("host", host_tvm_target()) / "meta.json").read_text())
     assert database["tvm_version"] == tuning.tvm_version()
+
+
+def test_factory_widths_are_covered_pair_by_pair():
+    from edgefab.factory.space import FACTORY_SPACES
+    from edgefab.pipeline.tune import covering_widths
+
+    options = FACTORY_SPACES["digits-28"].widths
+    chosen = covering_widths(options)
+    pairs = {(s, w[s - 1], w[s]) for w in chosen for s in range(1, len(w))}
+    assert pairs == {(s, a, b) for s in range(1, len(options)) for a in options[s - 1] for b in options[s]}
+    assert {w[0] for w in chosen} == set(options[0]) and len(chosen) == 9  # 3x3 pairs need 9, no more
+
+
+def test_space_networks_hold_every_layer_of_random_factory_networks():
+    """``edgefab tune --space`` must tune what a factory build compiles, narrowed stages included.
+
+    Checked on edgefab's fused layers (shapes, op, stride), which is what MetaSchedule's tasks are
+    made of; extracting the tasks of all 36 networks with TVM takes minutes.
+    """
+    from edgefab.factory.space import FACTORY_SPACES
+    from edgefab.pipeline.tune import space_networks
+    from edgefab.spaces import CHOICES, get_space
+    from edgefab.targets.layers import spec_layers
+
+    covered = {layer for spec in space_networks(get_space("digits-28"), 10) for layer in spec_layers(spec)}
+    factory, rng = FACTORY_SPACES["digits-28"], np.random.default_rng(3)
+    for _ in range(50):
+        spec = factory.arch(factory.sample(rng), 10)
+        assert set(spec_layers(spec)) <= covered
+    # one network per choice at the space's own widths (what was tuned before) misses narrowed stages
+    space = get_space("digits-28")
+    full_width = [space.arch([slot.fixed or c for slot in space.slots], 10) for c in CHOICES]
+    narrowest = factory.arch(factory.smallest(), 10)
+    assert not set(spec_layers(narrowest)) <= {layer for spec in full_width for layer in spec_layers(spec)}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--space", "nope"], "unknown search space 'nope'"),
+        (["--target", "pixel"], "give its TVM RPC tracker with --rpc HOST:PORT --key KEY"),
+        (["--rpc", "127.0.0.1:1", "--key", "android"], r"cannot reach the TVM RPC tracker at 127.0.0.1:1 \("),
+    ],
+)
+def test_tune_command_bad_input_is_one_line(args, message):
+    import re
+
+    from typer.testing import CliRunner
+
+    from edgefab.cli import app
+
+    result = CliRunner().invoke(app, ["tune", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert re.search(message, result.output.replace("\n", " ")), result.output

@@ -9,7 +9,8 @@ The database lives in ``cache_dir()/tvm-tuning/<target>-<hash of the TVM target>
 (MetaSchedule's JSON database: ``database_workload.json``, ``database_tuning_record.json``). A folder
 of another TVM version is ignored with a warning: schedules are not portable across versions.
 MetaSchedule appends each measured record to the JSON file as it goes, so an interrupted run keeps
-what it found.
+what it found. Candidates are measured on this machine, or on a device behind a TVM RPC tracker
+(``TuneOptions.device``, see :mod:`edgefab.export.rpc_tuning`).
 
 Fixes for the pip wheel (see ``shared/notes/stack-facts.md``): the module is lowered with the
 ``zero`` pipeline before task extraction (else no tasks are found); candidates are built in this
@@ -20,8 +21,7 @@ builder's timeout); and the database is applied to the raw module.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import functools
 import math
 import os
 import time
@@ -31,11 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefab.cache import cache_dir
 from edgefab.errors import EdgefabError
+from edgefab.export.rpc_tuning import RpcDevice, device_gone, export_candidate, rpc_runner
+from edgefab.export.tuning_db import (
+    count_records,
+    database_dir,
+    database_summary,
+    open_database,
+    stale_databases,
+    tvm_version,
+)
 
 RUN_TIMEOUT_S = 60.0
-META_FILE = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class TuneOptions:
     trials: int = 64
     max_trials_per_task: int | None = None  # default: trials spread evenly over the new kernels
     seed: int = 0
+    device: RpcDevice | None = None  # measure on this device over TVM RPC; None: on this machine
 
 
 @dataclass
@@ -59,73 +67,12 @@ class TuningReport:
     new_trials: int = 0  # records measured and added in this run
     seconds: float = 0.0
     cost_model: str = ""
+    measured_on: str = "this machine"
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-serialisable data."""
         return dict(self.__dict__)
-
-
-def tvm_version() -> str:
-    """The installed TVM version (databases are keyed by it)."""
-    import tvm
-
-    return str(tvm.__version__)
-
-
-def database_dir(target_name: str, tvm_target: dict[str, Any]) -> Path:
-    """The database folder for a target (its resolved TVM target) and the installed TVM version."""
-    return _target_dir(target_name, tvm_target) / f"tvm-{tvm_version()}"
-
-
-def _target_dir(target_name: str, tvm_target: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(tvm_target, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target_name)
-    return cache_dir() / "tvm-tuning" / f"{safe}-{digest}"
-
-
-def stale_databases(folder: Path) -> list[str]:
-    """Warnings for databases of other TVM versions beside ``folder`` (they are never used)."""
-    notes = []
-    for other in sorted(folder.parent.glob("tvm-*")) if folder.parent.is_dir() else []:
-        if other != folder and other.is_dir():
-            notes.append(
-                f"ignoring the tuning database {other} (made with TVM {other.name[4:]}, this is TVM "
-                f"{tvm_version()}): schedules do not carry across versions"
-            )
-    meta = folder / META_FILE
-    if meta.is_file():
-        recorded = json.loads(meta.read_text()).get("tvm_version")
-        if recorded != tvm_version():
-            notes.append(f"ignoring the tuning database {folder}: its meta.json says TVM {recorded}")
-    return notes
-
-
-def open_database(folder: Path, create: bool):
-    """MetaSchedule's JSON database in ``folder`` (None when it does not exist and ``create`` is off)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    workload = folder / "database_workload.json"
-    if not create and not workload.is_file():
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = folder / META_FILE
-    if not meta.is_file():
-        meta.write_text(json.dumps({"tvm_version": tvm_version()}) + "\n")
-    return ms.database.JSONDatabase(
-        path_workload=str(workload),
-        path_tuning_record=str(folder / "database_tuning_record.json"),
-        allow_missing=True,
-    )
-
-
-def count_records(folder: Path) -> int:
-    """Tuning records in the database (one JSON line each)."""
-    path = folder / "database_tuning_record.json"
-    if not path.is_file():
-        return 0
-    with path.open() as handle:
-        return sum(1 for line in handle if line.strip())
 
 
 def build_candidate(mod, target):
@@ -137,7 +84,7 @@ def build_candidate(mod, target):
     return tvm.tirx.build(mod, target=target)
 
 
-def _in_process_builder():
+def _in_process_builder(export: Callable[[Any], str]):
     """A MetaSchedule builder that compiles candidates in this process, one after another.
 
     The default ``LocalBuilder`` starts fresh worker processes for every batch; each imports TVM
@@ -147,7 +94,6 @@ def _in_process_builder():
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
 
     @derived_object
     class _InProcessBuilder(ms.builder.PyBuilder):
@@ -155,7 +101,7 @@ def _in_process_builder():
             results = []
             for item in build_inputs:
                 try:
-                    artifact = default_export(build_candidate(item.mod, item.target))
+                    artifact = export(build_candidate(item.mod, item.target))
                     results.append(ms.builder.BuilderResult(artifact, None))
                 except Exception as exc:  # a candidate that fails to build is a failed trial
                     results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"))
@@ -203,6 +149,8 @@ def tune(
     """Tune the ``tasks`` not yet in the database at ``folder``; records are appended as measured."""
     started = time.perf_counter()
     report = TuningReport(str(folder), tvm_version(), tasks=len(tasks), warnings=stale_databases(folder))
+    if options.device is not None:
+        report.measured_on = options.device.describe()
     for note in report.warnings:
         warnings.warn(note, stacklevel=2)
     if any("meta.json says" in note for note in report.warnings):
@@ -213,10 +161,14 @@ def tune(
     if todo and options.trials > 0:
         before = count_records(folder)
         report.cost_model = _cost_model()
+        gone: list[bool] = []
         try:
             with _interruptible() as interrupted:
 
-                def progress(done: int) -> None:
+                def progress(done: int, runner_results: list) -> None:
+                    if options.device is not None and device_gone(options.device, runner_results):
+                        gone.append(True)
+                        raise RuntimeError("the device is gone")
                     try:
                         if on_trial:
                             on_trial(done, options.trials)
@@ -225,12 +177,23 @@ def tune(
                         raise
 
                 _run_tuner(todo, folder, database, options, report.cost_model, progress)
+        except Exception:
+            if gone:
+                raise _device_gone_error(options.device, folder) from None
+            raise
         finally:  # records measured before an interruption are on disk already
             report.new_trials = count_records(folder) - before
             report.seconds = round(time.perf_counter() - started, 1)
         report.tasks_tuned = sum(_has_record(database, t) for t in todo)
     report.seconds = round(time.perf_counter() - started, 1)
     return report
+
+
+def _device_gone_error(device: RpcDevice, folder: Path) -> EdgefabError:
+    return EdgefabError(
+        f"the device ({device.describe()}) disappeared during tuning; what it measured before is kept "
+        f"in {folder}: start its RPC server again and rerun to go on"
+    )
 
 
 @contextlib.contextmanager
@@ -304,8 +267,9 @@ def _strategy(per_task: int):
     )
 
 
-def _progress_callback(on_trial: Callable[[int], None]):
-    """A MeasureCallback telling ``on_trial`` how many candidates were measured so far."""
+def _progress_callback(on_batch: Callable[[int, list], None]):
+    """A MeasureCallback telling ``on_batch`` how many candidates were measured so far, and the
+    batch's runner results."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
@@ -316,7 +280,7 @@ def _progress_callback(on_trial: Callable[[int], None]):
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             self.done += len(measure_candidates)
-            on_trial(self.done)
+            on_batch(self.done, list(runner_results))
 
     return _Progress()
 
@@ -333,8 +297,18 @@ def _drop_nameless_log_handlers() -> None:
         logger.removeHandler(handler)
 
 
+@functools.cache
+def _devnull():
+    return open(os.devnull, "w")  # noqa: SIM115 - kept open for the process's life on purpose
+
+
 def _run_tuner(
-    todo: list, folder: Path, database, options: TuneOptions, cost_model: str, on_trial: Callable[[int], None]
+    todo: list,
+    folder: Path,
+    database,
+    options: TuneOptions,
+    cost_model: str,
+    on_batch: Callable[[int, list], None],
 ) -> None:
     from tvm.s_tir import meta_schedule as ms
 
@@ -342,8 +316,11 @@ def _run_tuner(
     _drop_nameless_log_handlers()
     per_task = options.max_trials_per_task or max(1, math.ceil(options.trials / len(todo)))
     logs = str(folder / "logs")
+    local = options.device is None
     # MetaSchedule logs every step to stdout (which must stay clean for --json); its log files keep it.
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+    # Its stream handlers outlive the run, so the stream they were given stays open.
+    with contextlib.redirect_stdout(_devnull()):
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S) if local else rpc_runner(options.device)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             todo, work_dir=logs, strategy=_strategy(per_task), seed=options.seed
         )
@@ -354,23 +331,28 @@ def _run_tuner(
             max_trials_global=options.trials,
             max_trials_per_task=per_task,
             num_trials_per_iter=min(64, per_task),
-            builder=_in_process_builder(),
-            runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+            builder=_in_process_builder(export_candidate(options.device)),
+            runner=runner,
             database=database,
             cost_model=cost_model,
             measure_callbacks=[
                 *ms.measure_callback.MeasureCallback.create("default"),
-                _progress_callback(on_trial),
+                _progress_callback(on_batch),
             ],  # fmt: skip
         )
 
 
-def check_tunable(target, tvm_target: dict[str, Any]) -> None:
-    """Tuning measures candidates on the device: only CPU targets that run here can be tuned now."""
-    if tvm_target.get("kind") != "llvm" or not target.runs_here:
+def check_tunable(target, tvm_target: dict[str, Any], over_rpc: bool = False) -> None:
+    """Tuning measures candidates on the device: CPU targets that run here, or any CPU over RPC."""
+    if tvm_target.get("kind") != "llvm":
         raise EdgefabError(
-            f"cannot tune for {target.name}: tuning measures kernels on the device, and only CPU "
-            "targets that run here (host) are supported; compile without --tune"
+            f"cannot tune for {target.name}: MetaSchedule tuning here covers CPU targets only "
+            "(GPU code is scheduled by dlight rules); compile without --tune"
+        )
+    if not (target.runs_here or over_rpc):
+        raise EdgefabError(
+            f"cannot tune for {target.name}: tuning measures kernels on the device; give its TVM RPC "
+            "tracker with --rpc HOST:PORT --key KEY, or compile without --tune"
         )
 
 
@@ -399,14 +381,22 @@ def compile_cpu(
         return tvm.compile(mod, tvm.target.Target(tvm_target)), info
     tasks = extract_tasks(mod, tvm_target)
     database = open_database(folder, create=False)
-    covered = sum(_has_record(database, t) for t in tasks)
+    # Kernels without a valid record (never tuned, or no candidate ever built and ran) keep TVM's
+    # default schedule; the manifest names them so a slow kernel can be traced to its cause.
+    untuned = untuned_kernels(tasks, database)
     info = {
-        "tuned": covered > 0,
+        "tuned": len(untuned) < len(tasks),
         "database": database_summary(folder),
-        "kernels_in_database": f"{covered} of {len(tasks)}",
+        "kernels_in_database": f"{len(tasks) - len(untuned)} of {len(tasks)}",
+        "default_schedule_kernels": untuned,
         "tuning_run": report.to_dict() if report else None,
     }
     return compile_tuned(mod, tvm_target, folder), info
+
+
+def untuned_kernels(tasks: list, database) -> list[str]:
+    """Names of the ``tasks`` with no valid record in ``database`` (they get TVM's default schedule)."""
+    return [task.task_name for task in tasks if not _has_record(database, task)]
 
 
 def compile_tuned(mod, tvm_target: dict[str, Any], folder: Path):
@@ -419,8 +409,3 @@ def compile_tuned(mod, tvm_target: dict[str, Any], folder: Path):
     if database is None:
         return tvm.compile(mod, target)
     return ms.relax_integration.compile_relax(database, mod, target, params=None)
-
-
-def database_summary(folder: Path) -> dict[str, Any]:
-    """Where the database is and how many records it holds."""
-    return {"path": str(folder), "records": count_records(folder), "tvm_version": tvm_version()}

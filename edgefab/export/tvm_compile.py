@@ -49,12 +49,13 @@ def resolve_tvm_target(target: Target) -> dict[str, Any]:
     return resolved
 
 
-def check_compilable(target: Target, tune: bool = False) -> None:
-    """Fail before any work for a target this TVM cannot generate code for (or tune, with ``tune``)."""
+def check_compilable(target: Target, tune: bool = False, over_rpc: bool = False) -> None:
+    """Fail before any work for a target this TVM cannot generate code for (or tune, with ``tune``;
+    ``over_rpc``: candidates are measured on the device through a TVM RPC tracker)."""
     tvm_target = resolve_tvm_target(target)
     opencl.check_codegen(tvm_target)
     if tune:
-        tuning.check_tunable(target, tvm_target)
+        tuning.check_tunable(target, tvm_target, over_rpc)
 
 
 def unsupported_operators(model: onnx.ModelProto) -> list[str]:
@@ -102,7 +103,7 @@ def compile_onnx(
     missing = unsupported_operators(model)
     if missing:
         raise UnsupportedOperatorError(missing)
-    check_compilable(target, tune is not None)
+    check_compilable(target, tune is not None, tune is not None and tune.device is not None)
     tvm_target = resolve_tvm_target(target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +159,20 @@ def find_cross_compiler(target: Target) -> str | None:
         elif shutil.which(entry):
             return entry
     return None
+
+
+def device_linker(target: Target) -> Callable | None:
+    """``export_library``'s linker for code that runs on the target (None: this machine's compiler)."""
+    if target.runs_here:
+        return None
+    compiler = find_cross_compiler(target)
+    if compiler is None:
+        tried = ", ".join(target.cross_compilers) or "none"
+        raise EdgefabError(
+            f"target {target.name}: measuring on the device needs code linked for it, and no cross "
+            f"compiler was found (tried: {tried}); install one or set the variable it names"
+        )
+    return _linker(compiler, resolve_tvm_target(target))[0]
 
 
 def _export_cross(executable, target: Target, tvm_target: dict, out_dir: Path, name: str) -> CompiledArtifact:

@@ -15,13 +15,15 @@ import numpy as np
 import onnx
 
 import edgefab
-from edgefab.errors import UnsupportedOperatorError
+from edgefab.errors import EdgefabError, UnsupportedOperatorError
 from edgefab.export.graph import max_abs_diff
+from edgefab.export.rpc_tuning import RpcDevice
 from edgefab.export.tuning import TuneOptions
-from edgefab.export.tvm_compile import CompiledArtifact, compile_onnx
+from edgefab.export.tvm_compile import CompiledArtifact, check_compilable, compile_onnx, device_linker
 from edgefab.runtime.tvm_engine import TVMEngine
 from edgefab.targets import Target
 from edgefab.targets.latency import LatencyFigure, time_calls
+from edgefab.targets.profiling import connect_tracker
 
 TVM_TOLERANCE = 1e-4
 
@@ -44,6 +46,20 @@ class SilentProgress:
 
     def advance(self, done: int, total: int) -> None:
         pass
+
+
+def tune_options(target: Target, trials: int, rpc: str | None, key: str | None, seed: int = 0) -> TuneOptions:
+    """Tuning options for ``target``; with ``rpc``, candidates are measured on the device behind the
+    tracker, which must be reachable and list a server for ``key`` before any work starts."""
+    if key is not None and rpc is None:
+        raise EdgefabError("--key names a device behind a TVM RPC tracker: give the tracker with --rpc")
+    if rpc is not None and not key:
+        raise EdgefabError("--rpc needs --key: the key the device's RPC server registered with")
+    check_compilable(target, tune=True, over_rpc=rpc is not None)
+    if rpc is None:
+        return TuneOptions(trials=trials, seed=seed)
+    connect_tracker(rpc, key)  # a clear error now beats candidates failing one by one later
+    return TuneOptions(trials=trials, seed=seed, device=RpcDevice(rpc, key, fcompile=device_linker(target)))
 
 
 @dataclass

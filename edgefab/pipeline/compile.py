@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from edgefab.compress.report import REPORT_FILE
+from edgefab.errors import EdgefabError
 from edgefab.export.graph import (
     bind_inputs,
     fix_input_shapes,
@@ -24,7 +25,6 @@ from edgefab.export.graph import (
     verify_simplified,
 )
 from edgefab.export.stats import model_stats
-from edgefab.export.tuning import TuneOptions
 from edgefab.export.tvm_compile import check_compilable
 from edgefab.pipeline.common import (
     TVM_TOLERANCE,
@@ -34,6 +34,7 @@ from edgefab.pipeline.common import (
     base_manifest,
     compile_with_tvm,
     recommend_engine,
+    tune_options,
     work_folder,
 )
 from edgefab.pipeline.quantize import make_request, quantize_model
@@ -62,6 +63,8 @@ class CompileOptions:
     group_size: str | None = None  # w4/w8: columns per scale, "channel" or "auto" (default 128)
     act_order: bool = False  # w4/w8: GPTQ visits columns by decreasing Hessian diagonal
     tune: int | None = None  # MetaSchedule trials for the kernels the target's database lacks
+    rpc: str | None = None  # with tune: HOST:PORT of the TVM RPC tracker of the device to measure on
+    key: str | None = None  # with rpc: the device's key
 
 
 def split_input_options(specs: list[str]) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
@@ -93,7 +96,10 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     """Compile an ONNX file for a target and write the package; returns its folder and manifest."""
     progress = progress or SilentProgress()
     target = load_target(options.target)
-    check_compilable(target, tune=bool(options.tune))  # before any work: no codegen, or not tunable
+    check_compilable(target)  # before any work: no codegen for this target
+    if (options.rpc or options.key) and not options.tune:
+        raise EdgefabError("--rpc and --key measure tuning candidates on a device: add --tune N")
+    tune = tune_options(target, options.tune, options.rpc, options.key) if options.tune else None
     original = load_onnx(options.model)
     shapes, values = split_input_options(options.inputs)
     request = make_request(
@@ -128,7 +134,6 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         progress.stage(f"compiling with TVM for {target.name}{tuned}")
         tolerance = quantized.tvm_tolerance if quantized else TVM_TOLERANCE
         reference = run_onnxruntime(shipped, feeds)
-        tune = TuneOptions(trials=options.tune) if options.tune else None
         tvm = compile_with_tvm(
             shipped_proto, target, work, feeds, reference, tolerance, tune, on_trial=progress.advance
         )

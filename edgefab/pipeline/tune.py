@@ -6,19 +6,25 @@ is an identity). So the networks with every searchable slot at one choice (``k3_
 ...) together hold every (slot, choice) kernel the space can produce; their distinct fused kernels
 are MetaSchedule's tasks. Once they are in the target's database (``edgefab.export.tuning``), every
 later factory, search or build output of that space compiles tuned, with no trials of its own.
+
+The factory also narrows each stage (``edgefab.factory.space``): the first layer of a stage then
+maps the previous stage's width to its own, so every pair of neighbouring stage widths must occur
+in some network; a few width assignments per choice cover them all.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
 from edgefab.arch import ArchSpec
 from edgefab.export.onnx_export import export_onnx
-from edgefab.export.tuning import TuneOptions, database_dir, database_summary, extract_tasks, tune
-from edgefab.export.tvm_compile import check_compilable, import_onnx, resolve_tvm_target
+from edgefab.export.tuning import database_dir, database_summary, extract_tasks, tune
+from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
 from edgefab.factory.network import build_network
-from edgefab.pipeline.common import Progress, SilentProgress, work_folder
+from edgefab.factory.space import FACTORY_SPACES, ModuleSelection
+from edgefab.pipeline.common import Progress, SilentProgress, tune_options, work_folder
 from edgefab.spaces import CHOICES, SearchSpace, get_space
 from edgefab.targets import load_target
 
@@ -32,15 +38,39 @@ class SpaceTuneJob:
     trials: int = 64
     num_classes: int = 10
     seed: int = 0
+    rpc: str | None = None  # HOST:PORT of a TVM RPC tracker: measure on the device registered there
+    key: str | None = None  # that device's key
 
 
 def space_networks(space: SearchSpace, num_classes: int) -> list[ArchSpec]:
-    """Networks that together hold every (slot, choice) kernel of ``space``: one per choice."""
+    """Networks that together hold every kernel of ``space`` and of its factory space, if any."""
+    factory = FACTORY_SPACES.get(space.name)
+    width_sets = covering_widths(factory.widths) if factory else [None]
     specs = []
     for choice in CHOICES:
-        choices = [slot.fixed or choice for slot in space.slots]
-        specs.append(space.arch(choices, num_classes))
+        choices = tuple(slot.fixed or choice for slot in space.slots)
+        for widths in width_sets:
+            if widths is None:
+                specs.append(space.arch(list(choices), num_classes))
+            else:
+                specs.append(factory.arch(ModuleSelection(choices, widths), num_classes))
     return specs
+
+
+def covering_widths(options: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
+    """Per-stage width assignments in which every (stage s-1 width, stage s width) pair occurs."""
+    wanted = {(s, a, b) for s in range(1, len(options)) for a in options[s - 1] for b in options[s]}
+    wanted |= {(0, None, b) for b in options[0]}
+    chosen = []
+    while wanted:  # greedy set cover over all assignments: few stages and widths, so cheap
+        best = max(itertools.product(*options), key=lambda w: len(_pairs(w) & wanted))
+        chosen.append(best)
+        wanted -= _pairs(best)
+    return chosen
+
+
+def _pairs(widths: tuple[int, ...]) -> set:
+    return {(0, None, widths[0])} | {(s, widths[s - 1], widths[s]) for s in range(1, len(widths))}
 
 
 def unique_tasks(task_lists: list[list]) -> list:
@@ -58,14 +88,9 @@ def unique_tasks(task_lists: list[list]) -> list:
     return unique
 
 
-def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str, Any]:
-    """Tune the space's distinct kernels for the target; returns a summary."""
-    progress = progress or SilentProgress()
-    target = load_target(job.target)
-    check_compilable(target, tune=True)
-    space = get_space(job.space)
-    tvm_target = resolve_tvm_target(target)
-    specs = space_networks(space, job.num_classes)
+def space_tasks(space: SearchSpace, num_classes: int, tvm_target: dict[str, Any], progress: Progress) -> list:
+    """The distinct MetaSchedule tasks (fused kernels) of every network of ``space``."""
+    specs = space_networks(space, num_classes)
     progress.stage(f"extracting the layer shapes of {space.name} ({len(specs)} networks)")
     task_lists = []
     with work_folder() as work:
@@ -74,14 +99,24 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
             model = export_onnx(build_network(spec), (1, *spec.input_shape), path)
             task_lists.append(extract_tasks(import_onnx(model), tvm_target))
             progress.advance(index + 1, len(specs))
-    tasks = unique_tasks(task_lists)
+    return unique_tasks(task_lists)
+
+
+def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str, Any]:
+    """Tune the space's distinct kernels for the target; returns a summary."""
+    progress = progress or SilentProgress()
+    target = load_target(job.target)
+    options = tune_options(target, job.trials, job.rpc, job.key, job.seed)
+    space = get_space(job.space)
+    tvm_target = resolve_tvm_target(target)
+    tasks = space_tasks(space, job.num_classes, tvm_target, progress)
     folder = database_dir(target.name, tvm_target)
     progress.stage(f"tuning {len(tasks)} kernels, up to {job.trials} trials")
-    report = tune(tasks, folder, TuneOptions(trials=job.trials, seed=job.seed), progress.advance)
+    report = tune(tasks, folder, options, progress.advance)
     return {
         "target": target.name,
         "space": space.name,
-        "networks": [" ".join(spec.notation()) for spec in specs],
+        "networks": [" ".join(spec.notation()) for spec in space_networks(space, job.num_classes)],
         "kernels": len(tasks),
         **report.to_dict(),
         "database": database_summary(folder),
