@@ -78,7 +78,7 @@ def _tuning_rows(tvm: dict[str, Any]) -> list[tuple[str, Any]]:
     if not tvm.get("kernels_in_database"):
         return []
     fallback = len(tvm.get("default_schedule_kernels", []))
-    text = f"{tvm['kernels_in_database']} kernels tuned; {fallback} on TVM's default schedule"
+    text = f"{tvm['kernels_in_database']} kernels in the database; {fallback} run TVM's default schedule"
     return [("TVM tuning", text)]
 
 

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgefab.errors import EdgefabError
 from edgefab.export import tuning
+from edgefab.export.default_schedule import is_default
 from edgefab.export.rpc_tuning import RpcDevice
 from edgefab.export.tvm_compile import check_compilable, import_onnx, resolve_tvm_target
 from edgefab.pipeline.compile import CompileOptions, compile_model
@@ -130,7 +131,7 @@ def test_tuning_over_a_localhost_rpc_tracker_until_the_device_disappears():
     # kernels the database lacks fall back to TVM's default schedule, and the manifest names them
     executable, info = tuning.compile_cpu(import_onnx(one_conv()), "host", host_tvm_target())
     assert info["kernels_in_database"] == f"2 of {len(tasks)}"
-    assert sorted(info["default_schedule_kernels"]) == sorted(t.task_name for t in tasks[2:])
+    assert {t.task_name for t in tasks[2:]} <= set(info["default_schedule_kernels"])
     assert executable is not None
 
 
@@ -167,6 +168,12 @@ def test_tuned_compile_then_sibling_reuses_the_database(tmp_path):
     assert again["engines"]["tvm"]["database"]["records"] == records
     database = json.loads((tuning.database_dir("host", host_tvm_target()) / "meta.json").read_text())
     assert database["tvm_version"] == tuning.tvm_version()
+    # every tuned kernel's default form was measured too, so the best record is never the slower one
+    folder = tuning.database_dir("host", host_tvm_target())
+    database = tuning.open_database(folder, create=False)
+    for task in tuning.extract_tasks(import_onnx(one_conv()), host_tvm_target()):
+        records = database.get_top_k(database.commit_workload(task.dispatched[0]), 100)
+        assert sum(is_default(record) for record in records) == 1 and len(records) >= 2
 
 
 def test_factory_widths_are_covered_pair_by_pair():
