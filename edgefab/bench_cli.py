@@ -19,12 +19,18 @@ def bench_command(
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Time ONNX Runtime and TVM on the package's model: median and spread (IQR), same inputs."""
-    from edgefab.runtime.bench import BenchOptions, bench_package
+    """Time ONNX Runtime, TVM and PyTorch eager on the package's model: median and spread (IQR),
+    same inputs. PyTorch runs the architecture the manifest records, where there is one."""
+    from edgefab.pipeline.torch_bench import pytorch_entry
+    from edgefab.runtime.bench import BenchOptions, bench_package, fastest_engine
+    from edgefab.runtime.package import read_manifest
 
+    options = BenchOptions(runs, warmup, seed)
     with RichProgress(enabled=not as_json) as progress:
         progress.stage(f"timing the engines of {package} ({runs} runs each)")
-        report = bench_package(package, BenchOptions(runs, warmup, seed))
+        report = bench_package(package, options)
+        report["engines"]["pytorch"] = pytorch_entry(read_manifest(package), options)
+        report["fastest"] = fastest_engine(report["engines"])
     table = Table(title=f"edgefab bench: {package}", title_justify="left")
     for column in ("engine", "median ms", "IQR ms", "min ms", "max abs diff vs ORT", "note"):
         table.add_column(column, overflow="fold")
@@ -34,6 +40,8 @@ def bench_command(
             continue
         diff = result.get("max_abs_diff_vs_onnxruntime")
         note = {True: "tuned", False: "untuned"}.get(result.get("tuned"), "")
+        if engine == "pytorch":
+            note = "eager, fresh weights"
         if engine == report["fastest"]:
             note = f"{note}, fastest".strip(", ")
         table.add_row(

@@ -54,3 +54,22 @@ def test_bench_refuses_a_missing_package(tmp_path):
         bench_package(tmp_path / "nothing")
     result = CliRunner().invoke(app, ["bench", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_pytorch_times_the_architecture_the_manifest_records():
+    from edgefab.pipeline.torch_bench import pytorch_entry
+    from edgefab.spaces import get_space
+
+    space = get_space("digits-28")
+    spec = space.arch(space.smallest(), 10)
+    manifest = {
+        "kind": "model",
+        "target": {"threads": 1},
+        "inputs": [{"name": "input", "shape": [1, *spec.input_shape], "dtype": "float32"}],
+        "build": {"architecture": spec.to_dict()},
+    }
+    result = pytorch_entry(manifest, BenchOptions(runs=5, warmup=1))
+    assert 0 < result["min_ms"] <= result["median_ms"] and "fresh weights" in result["note"]
+    manifest["compression"] = {"method": "snn"}
+    assert "spiking" in pytorch_entry(manifest, BenchOptions(runs=1))["skipped"]
+    assert "no architecture" in pytorch_entry({"kind": "model"}, BenchOptions(runs=1))["skipped"]

@@ -1,7 +1,9 @@
 """Time a package's engines side by side: same seeded inputs, median and spread of each.
 
 Runtime layer: uses only the package loader (numpy, ONNX Runtime, TVM), never the build code.
-PyTorch is not timed: a package holds no PyTorch weights, only the ONNX model and the TVM library.
+PyTorch is not timed here: a package holds no PyTorch weights, only the ONNX model and the TVM
+library; ``edgefab bench`` adds PyTorch eager from the manifest's architecture
+(:mod:`edgefab.pipeline.torch_bench`) where there is one.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ def seeded_inputs(signature: list[dict[str, Any]], seed: int = 0) -> dict[str, n
     return feeds
 
 
-def _stats(samples: list[float]) -> dict[str, float]:
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median, interquartile range and minimum of timings (ms)."""
     q1, median, q3 = np.percentile(samples, [25, 50, 75])
     return {"median_ms": float(median), "iqr_ms": float(q3 - q1), "min_ms": float(min(samples))}
 
 
-def _time(run, feeds: dict[str, np.ndarray], options: BenchOptions) -> list[float]:
+def timed_runs(run, feeds: dict[str, np.ndarray], options: BenchOptions) -> list[float]:
+    """Milliseconds of each of ``options.runs`` calls of ``run(feeds)``, after the warm-up calls."""
     for _ in range(options.warmup):
         run(feeds)
     samples = []
@@ -78,7 +82,7 @@ def bench_package(path: Path, options: BenchOptions | None = None) -> dict[str, 
             continue
         package = load(path, engine=engine)
         outputs = [np.asarray(v) for v in package.run(feeds).values()]
-        result: dict[str, Any] = _stats(_time(package.run, feeds, options))
+        result: dict[str, Any] = summarize(timed_runs(package.run, feeds, options))
         if reference is None:
             reference = outputs
         else:
@@ -89,14 +93,18 @@ def bench_package(path: Path, options: BenchOptions | None = None) -> dict[str, 
         result["tuned"] = bool(entry.get("tuned")) if engine == "tvm" else None
         engines[engine] = result
     engines["pytorch"] = {"skipped": "a package holds no PyTorch weights (ONNX model and TVM library only)"}
-    timed = {k: v for k, v in engines.items() if "median_ms" in v}
-    fastest = min(timed, key=lambda k: timed[k]["median_ms"]) if timed else None
     return {
         "package": str(path),
         "inputs": {k: list(v.shape) for k, v in feeds.items()},
         "runs": options.runs,
         "warmup": options.warmup,
         "engines": engines,
-        "fastest": fastest,
+        "fastest": fastest_engine(engines),
         "recommended_engine": manifest.get("recommended_engine"),
     }
+
+
+def fastest_engine(engines: dict[str, dict[str, Any]]) -> str | None:
+    """The timed engine with the lowest median (None when nothing was timed)."""
+    timed = {k: v for k, v in engines.items() if "median_ms" in v}
+    return min(timed, key=lambda k: timed[k]["median_ms"]) if timed else None
