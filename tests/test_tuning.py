@@ -228,3 +228,27 @@ def test_tune_command_bad_input_is_one_line(args, message):
     result = CliRunner().invoke(app, ["tune", *args])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert re.search(message, result.output.replace("\n", " ")), result.output
+
+
+@pytest.mark.slow
+def test_space_kernels_match_trained_networks_not_fresh_ones(tmp_path):
+    """A fresh batch norm's zero shift is folded away; trained networks keep a bias add per conv."""
+    from edgefab.export.onnx_export import export_onnx
+    from edgefab.factory.network import build_network
+    from edgefab.pipeline.tune import trained_like, unique_tasks
+    from edgefab.spaces import get_space
+
+    space = get_space("digits-28")
+    spec = space.arch(space.smallest(), 10)
+
+    def kernels(network, name):
+        model = export_onnx(network, (1, *spec.input_shape), tmp_path / f"{name}.onnx")
+        return tuning.extract_tasks(import_onnx(model), host_tvm_target())
+
+    fresh = kernels(build_network(spec), "fresh")
+    one, other = (
+        kernels(trained_like(build_network(spec), 1), "a"),
+        kernels(trained_like(build_network(spec), 2), "b"),
+    )
+    assert len(unique_tasks([one, other])) == len(one)  # any trained weights: the same kernels
+    assert len(unique_tasks([one, fresh])) > len(one)  # the fresh network's kernels differ
