@@ -1,21 +1,30 @@
-"""ONNX Runtime vs TVM untuned vs TVM tuned (MetaSchedule) on this machine, with the roofline floor.
+"""PyTorch eager vs ONNX Runtime vs TVM (untuned, tuned, space database) on this machine, with the floor.
 
-Run: nice -n 10 python benchmarks/compile_speed.py [--trials-ppocr 128] [--trials-digits 64]
+Run: nice -n 10 python benchmarks/compile_speed.py [--trials 64] [--trials-space 128] [--skip mobilenetv2-224]
 
-Models: the shared PP-OCR classifier (1x3x48x192) and the digits model of ``edgefab build --target
-host`` (built here, training from the cache when present). Each engine gets the same graph and the
-same seeded inputs and uses all cores; tuned TVM tunes into a fresh database in a temporary folder
-(so neither the user's database nor earlier runs help it) and states its trials and wall time.
-The floor is the model's FLOPs (2 x MACs) over this machine's measured float32 matmul peak (numpy),
-a bound no engine reaches. Prints a markdown table and writes the figures as JSON (--json-out).
+Models: the two shared third-party models (PP-OCR's text classifier at 1x3x48x192, Silero VAD on
+512-sample chunks), the digits model of ``edgefab build --target host`` (the factory's choice), and
+a MobileNetV2-style network at 224 (the ``mnasnet-224`` space with every searchable layer an
+expansion-6 3x3 inverted residual, 1000 classes). Each engine gets the same graph and the same
+seeded inputs and uses all cores. "TVM tuned" tunes the model into a fresh database in a temporary
+folder (so neither the user's database nor earlier runs help it) and states its trials and wall
+time. "TVM space db" first tunes every distinct kernel of the model's search space into another
+fresh database (``edgefab tune --space``), then compiles the model with it: the model itself costs
+no trials; the column says how many of its kernels the space database covered. PyTorch eager runs
+the same architecture (random weights; the time does not depend on them) where edgefab has the
+PyTorch module; the two third-party models exist only as ONNX. The floor is the model's FLOPs
+(2 x MACs) over this machine's measured float32 matmul peak (numpy), a bound no engine reaches.
+Prints a markdown table and writes the figures as JSON (--json-out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +33,24 @@ import onnx
 from edgefab.export import graph, tuning
 from edgefab.export.stats import model_stats
 from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
+from edgefab.pipeline.common import SilentProgress
 from edgefab.runtime.tvm_engine import TVMEngine
 from edgefab.targets import load_target
 from edgefab.targets.latency import time_calls
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 RUNS = 50
+
+
+@dataclass
+class Case:
+    """One model of the table: its graph, and where it comes from."""
+
+    name: str
+    model: onnx.ModelProto
+    feeds: dict[str, np.ndarray]
+    spec: object | None = None  # ArchSpec when edgefab has the PyTorch module
+    space: str | None = None  # the search space it was assembled from
 
 
 def peak_gflops(size: int = 1024, repeats: int = 10) -> float:
@@ -64,39 +85,103 @@ def tvm_ms(executable, feeds: dict[str, np.ndarray], work: Path, tag: str) -> tu
     return float(np.median(samples)), engine.run(feeds)
 
 
-def bench_model(name: str, model: onnx.ModelProto, trials: int, peak: float, work: Path) -> dict:
+def torch_ms(spec, feeds: dict[str, np.ndarray]) -> float:
+    """Median ms of the architecture in PyTorch eager (inference mode, all cores)."""
+    import torch
+
+    from edgefab.factory.network import build_network
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    network = build_network(spec).eval()
+    (data,) = [torch.from_numpy(v) for v in feeds.values()]
+    with torch.inference_mode():
+        return float(np.median(time_calls(lambda: network(data), warmup=10, runs=RUNS)))
+
+
+def space_database(space_name: str, tvm_target: dict, trials: int, folder: Path) -> dict:
+    """Tune every distinct kernel of a search space into ``folder`` (as ``edgefab tune --space`` does)."""
+    from edgefab.pipeline.tune import space_tasks
+    from edgefab.spaces import get_space
+
+    tasks = space_tasks(get_space(space_name), 10, tvm_target, SilentProgress())
+    return tuning.tune(tasks, folder, tuning.TuneOptions(trials=trials)).to_dict()
+
+
+def bench_case(case: Case, trials: int, space_trials: int, peak: float, work: Path) -> dict:
     """Every column of the table for one model."""
     import tvm
 
-    feeds = graph.random_inputs(model, seed=0)
     tvm_target = resolve_tvm_target(load_target("host"))
-    ort_time, reference = ort_ms(model, feeds)
-    mod = import_onnx(model)
-    untuned_time, out = tvm_ms(tvm.compile(mod, tvm.target.Target(tvm_target)), feeds, work, f"{name}-u")
-    untuned_diff = graph.max_abs_diff(reference, out)
-    folder = work / f"db-{name}"
-    tasks = tuning.extract_tasks(mod, tvm_target)
-    report = tuning.tune(tasks, folder, tuning.TuneOptions(trials=trials))
-    tuned_time, out = tvm_ms(tuning.compile_tuned(import_onnx(model), tvm_target, folder), feeds, work, name)
-    flops = 2 * model_stats(model)["macs"]
-    return {
-        "model": name,
-        "flops": flops,
-        "onnxruntime_ms": ort_time,
-        "tvm_untuned_ms": untuned_time,
-        "tvm_tuned_ms": tuned_time,
-        "tuning": report.to_dict(),
-        "max_abs_diff": {"untuned": untuned_diff, "tuned": graph.max_abs_diff(reference, out)},
-        "roofline_floor_ms": flops / (peak * 1e9) * 1e3,
-    }
+    ort_time, reference = ort_ms(case.model, case.feeds)
+    row = {"model": case.name, "flops": 2 * model_stats(case.model)["macs"], "onnxruntime_ms": ort_time}
+    row["pytorch_ms"] = torch_ms(case.spec, case.feeds) if case.spec is not None else None
+    mod = import_onnx(case.model)
+    executable = tvm.compile(mod, tvm.target.Target(tvm_target))
+    row["tvm_untuned_ms"], out = tvm_ms(executable, case.feeds, work, f"{case.name}-u")
+    diffs = {"untuned": graph.max_abs_diff(reference, out)}
+    folder = work / f"db-{len(os.listdir(work))}"
+    row["tuning"] = tuning.tune(
+        tuning.extract_tasks(mod, tvm_target), folder, tuning.TuneOptions(trials=trials)
+    )
+    row["tuning"] = row["tuning"].to_dict()
+    tuned = tuning.compile_tuned(import_onnx(case.model), tvm_target, folder)
+    row["tvm_tuned_ms"], out = tvm_ms(tuned, case.feeds, work, f"{case.name}-t")
+    diffs["tuned"] = graph.max_abs_diff(reference, out)
+    row["tvm_space_ms"] = row["space"] = None
+    if case.space and space_trials:
+        folder = work / f"space-{case.space}"
+        if not folder.is_dir():
+            row["space_tuning"] = space_database(case.space, tvm_target, space_trials, folder)
+        database = tuning.open_database(folder, create=False)
+        tasks = tuning.extract_tasks(mod, tvm_target)
+        default = tuning.untuned_kernels(tasks, database)  # no record, or the default form won
+        covered = sum(tuning.has_record(database, task) for task in tasks)
+        row["space"] = {
+            "name": case.space,
+            "kernels_covered": f"{covered} of {len(tasks)}",
+            "kernels_on_tuned_schedules": len(tasks) - len(default),
+            "model_trials": 0,
+        }
+        compiled = tuning.compile_tuned(import_onnx(case.model), tvm_target, folder)
+        row["tvm_space_ms"], out = tvm_ms(compiled, case.feeds, work, f"{case.name}-s")
+        diffs["space"] = graph.max_abs_diff(reference, out)
+    row["max_abs_diff"] = diffs
+    row["roofline_floor_ms"] = row["flops"] / (peak * 1e9) * 1e3
+    return row
 
 
-def digits_model(out: Path) -> onnx.ModelProto:
-    """The model of ``edgefab build --target host`` (the build trains or loads it from the cache)."""
+def digits_case(out: Path) -> Case:
+    """The model of ``edgefab build --target host`` (the factory's choice) and its architecture."""
+    from edgefab.arch import ArchSpec
     from edgefab.pipeline.build import BuildOptions, build
 
-    path, _ = build(BuildOptions(target="host", out=out))
-    return onnx.load(str(path / "model.onnx"))
+    path, manifest = build(BuildOptions(target="host", out=out))
+    model = onnx.load(str(path / "model.onnx"))
+    spec = ArchSpec.from_dict(manifest["build"]["architecture"])
+    space = manifest["build"].get("space") or "digits-28"
+    return Case(
+        "digits (edgefab build --target host)", model, graph.random_inputs(model, seed=0), spec, space
+    )
+
+
+def mobilenet_case(work: Path) -> Case:
+    """A MobileNetV2-style network at 224: every searchable layer of ``mnasnet-224`` a k3 e6 block."""
+    from edgefab.export.onnx_export import export_onnx
+    from edgefab.factory.network import build_network
+    from edgefab.spaces import get_space
+
+    space = get_space("mnasnet-224")
+    spec = space.arch([slot.fixed or "k3_e6" for slot in space.slots], 1000)
+    model = export_onnx(build_network(spec), (1, *spec.input_shape), work / "mobilenet.onnx")
+    return Case("MobileNetV2-style 224 (k3 e6)", model, graph.random_inputs(model, seed=0), spec, None)
+
+
+def onnx_case(name: str, file: str, shapes: dict, values: dict) -> Case:
+    """A shared third-party model with its shapes fixed (and constants bound) as ``edgefab compile`` does."""
+    from edgefab.pipeline.compile import prepare_graph
+
+    model, feeds, _ = prepare_graph(graph.load_onnx(MODELS / file), shapes, values)
+    return Case(name, model, feeds)
 
 
 def table(rows: list[dict], peak: float) -> str:
@@ -104,53 +189,66 @@ def table(rows: list[dict], peak: float) -> str:
     lines = [
         f"Peak measured here (numpy float32 matmul, all cores): {peak:.1f} GFLOP/s",
         "",
-        "| model | ONNX Runtime ms | TVM untuned ms | TVM tuned ms | tuned / ORT | tuning (kernels, trials, "
-        "wall time) | roofline floor ms |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | PyTorch eager ms | ONNX Runtime ms | TVM untuned ms | TVM tuned ms | tuned / ORT "
+        "| tuning (kernels, trials, wall time) | TVM space db ms (kernels covered) | roofline floor ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         t = r["tuning"]
+        space = "-"
+        if r["space"]:
+            tuned = r["space"].get("kernels_on_tuned_schedules", "?")
+            space = f"{r['tvm_space_ms']:.3f} ({r['space']['kernels_covered']} in db, {tuned} tuned)"
         cells = [
             r["model"],
+            f"{r['pytorch_ms']:.3f}" if r["pytorch_ms"] is not None else "-",
             f"{r['onnxruntime_ms']:.3f}",
             f"{r['tvm_untuned_ms']:.3f}",
             f"{r['tvm_tuned_ms']:.3f}",
             f"{r['tvm_tuned_ms'] / r['onnxruntime_ms']:.2f}x",
             f"{t['tasks']} kernels, {t['new_trials']} trials, {t['seconds']:.0f} s ({t['cost_model']})",
+            space,
             f"{r['roofline_floor_ms']:.4f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        if r.get("space_tuning"):
+            t = r["space_tuning"]
+            lines.append(f"\nSpace database for {r['space']['name']}: {t['tasks']} kernels, "
+                         f"{t['new_trials']} trials, {t['seconds']:.0f} s, paid once.")  # fmt: skip
     return "\n".join(lines)
 
 
 def main() -> None:
     """Build/load the models, time every engine, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials-ppocr", type=int, default=128)
-    parser.add_argument("--trials-digits", type=int, default=64)
+    parser.add_argument("--trials", type=int, default=64, help="trials per model for 'TVM tuned'")
+    parser.add_argument("--trials-space", type=int, default=128, help="trials for the space database")
+    parser.add_argument("--skip", action="append", default=[], help="skip models whose name starts so")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     peak = peak_gflops()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="edgefab-bench-") as folder:
         work = Path(folder)
-        ppocr = graph.simplify(
-            graph.fix_input_shapes(
-                graph.load_onnx(MODELS / "ppocr_mobile_v2_cls.onnx"), {"x": [1, 3, 48, 192]}
-            )
-        )
-        rows = [
-            bench_model(
-                "digits (edgefab build --target host)",
-                digits_model(work / "build"),
-                args.trials_digits,
-                peak,
-                work,
-            ),  # fmt: skip
-            bench_model("ppocr_mobile_v2_cls 1x3x48x192", ppocr, args.trials_ppocr, peak, work),
-        ]
+        makers = [
+            lambda: digits_case(work / "build"),
+            lambda: onnx_case("ppocr_mobile_v2_cls 1x3x48x192", "ppocr_mobile_v2_cls.onnx",
+                              {"x": [1, 3, 48, 192]}, {}),
+            lambda: onnx_case("silero_vad_16k_op15 1x512", "silero_vad_16k_op15.onnx",
+                              {"input": [1, 512], "state": [2, 1, 128]}, {"sr": np.array(16000)}),
+            lambda: mobilenet_case(work),
+        ]  # fmt: skip
+        for make in makers:
+            case = make()
+            if any(case.name.startswith(prefix) for prefix in args.skip):
+                continue
+            started = time.perf_counter()
+            rows.append(bench_case(case, args.trials, args.trials_space, peak, work))
+            print(f"{case.name}: {time.perf_counter() - started:.0f} s", flush=True)
+            if args.json_out:  # after every model, so a run that dies can still be read
+                args.json_out.write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=2) + "\n")
     print(table(rows, peak))
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def test_tuning_over_a_localhost_rpc_tracker_until_the_device_disappears():
         server.terminate()
         tracker.terminate()
     database = tuning.open_database(folder, create=False)
-    assert all(tuning._has_record(database, task) for task in tasks[:2])
+    assert all(tuning.has_record(database, task) for task in tasks[:2])
     # kernels the database lacks fall back to TVM's default schedule, and the manifest names them
     executable, info = tuning.compile_cpu(import_onnx(one_conv()), "host", host_tvm_target())
     assert info["kernels_in_database"] == f"2 of {len(tasks)}"

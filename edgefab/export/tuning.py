@@ -157,7 +157,7 @@ def tune(
     if any("meta.json says" in note for note in report.warnings):
         raise EdgefabError(f"tuning database {folder} belongs to another TVM version; delete it to tune")
     database = open_database(folder, create=True)
-    todo = [t for t in tasks if not _has_record(database, t)]
+    todo = [t for t in tasks if not has_record(database, t)]
     report.tasks_in_database = len(tasks) - len(todo)
     if todo and options.trials > 0:
         before = count_records(folder)
@@ -185,7 +185,7 @@ def tune(
         finally:  # records measured before an interruption are on disk already
             report.new_trials = count_records(folder) - before
             report.seconds = round(time.perf_counter() - started, 1)
-        report.tasks_tuned = sum(_has_record(database, t) for t in todo)
+        report.tasks_tuned = sum(has_record(database, t) for t in todo)
     report.seconds = round(time.perf_counter() - started, 1)
     return report
 
@@ -228,7 +228,8 @@ def _interruptible():
             signal.signal(signal.SIGINT, previous)
 
 
-def _has_record(database, task) -> bool:
+def has_record(database, task) -> bool:
+    """True when ``database`` holds a valid record for ``task``'s kernel."""
     mod = task.dispatched[0]
     return database.has_workload(mod) and bool(database.get_top_k(database.commit_workload(mod), 1))
 
@@ -387,7 +388,7 @@ def compile_cpu(
     # Kernels without a valid record, or whose default form measured fastest, keep TVM's default
     # schedule; the manifest names them so a slow kernel can be traced to its cause.
     untuned = untuned_kernels(tasks, database)
-    covered = sum(_has_record(database, task) for task in tasks)
+    covered = sum(has_record(database, task) for task in tasks)
     info = {
         "tuned": len(untuned) < len(tasks),
         "database": database_summary(folder),
