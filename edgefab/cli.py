@@ -117,8 +117,9 @@ def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]
 def build(
     target: TargetOption = "pixel",
     data: Annotated[
-        str, typer.Option(help="mnist (embedded), a .npz file, an image folder, or torchvision:NAME.")
-    ] = "mnist",
+        str | None,
+        typer.Option(help="mnist (embedded, default), a .npz file, an image folder, or torchvision:NAME."),
+    ] = None,
     latency_ms: Annotated[
         float | None, typer.Option("--latency-ms", help="Latency budget on the target.")
     ] = None,
@@ -159,8 +160,11 @@ def build(
     from edgefab.pipeline.build import BuildOptions
     from edgefab.pipeline.build import build as run_build
 
+    if model is not None and data is not None:
+        fail("--data does not apply to --model FLOW (the generator needs no data); leave it out")
     options = BuildOptions(
-        target, data, out, latency_ms, epochs, seed, archive, use_cache=not no_cache, quantize=quantize,
+        target, data or "mnist", out, latency_ms, epochs, seed, archive, use_cache=not no_cache,
+        quantize=quantize,
         max_accuracy_drop=max_accuracy_drop, calibration=calibration,
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
         group_size=group_size, act_order=act_order,

@@ -78,7 +78,9 @@ def slim(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")] = Path(
         "flows/slim"
     ),
-    pairs: Annotated[int, typer.Option(min=1, help="Reflow pairs drawn from the teacher.")] = 3000,
+    pairs: Annotated[
+        int, typer.Option(min=1, help="Reflow pairs drawn from the teacher.")
+    ] = 3000,  # edgefab.flow.slim.PAIRS (the CLI imports no torch at start-up)
     solver: Annotated[
         str, typer.Option(help="Teacher's solver for the pairs: euler:N or rk45.")
     ] = "euler:16",

@@ -277,6 +277,8 @@ def test_wrong_kind_of_checkpoint_is_refused(tiny_teacher, tiny_slim, tmp_path):
     )
     _fails(["flow", "report", str(tmp_path)], "not a flow checkpoint")
     _fails(["build", "--model", str(tiny_slim), "--quantize", "int8", "--out", str(tmp_path)], "--quantize")
+    _fails(["build", "--model", str(tiny_slim), "--data", "mnist", "--out", str(tmp_path)], "--data")
+    assert not any(tmp_path.iterdir())  # refused before any work
 
 
 def test_damaged_checkpoint_is_refused(tiny_teacher, tmp_path):
@@ -332,3 +334,13 @@ def test_report_refuses_a_slim_checkpoint_whose_teacher_is_gone(tiny_slim, tmp_p
     meta["teacher"]["path"] = str(tmp_path / "moved-teacher")
     (copy / "flow.json").write_text(json.dumps(meta))
     _fails(["flow", "report", str(copy), "--samples", "4"], "is gone")
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """The CLI repeats the pair count as a literal (it imports no torch at start-up): keep them equal."""
+    import inspect
+
+    from edgefab.flow.slim import PAIRS, SlimOptions
+    from edgefab.flow_cli import slim
+
+    assert inspect.signature(slim).parameters["pairs"].default == PAIRS == SlimOptions.pairs
