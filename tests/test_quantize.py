@@ -50,9 +50,9 @@ def _feeds(inputs: np.ndarray) -> list[dict[str, np.ndarray]]:
     return [{"input": x[None]} for x in inputs]
 
 
-def _accuracy(path: Path, digits, exact: bool = False) -> float:
+def _accuracy(path: Path, digits) -> float:
     _, inputs, labels = digits
-    return top1_accuracy(session(path, exact=exact), inputs, labels, "input")
+    return top1_accuracy(session(path), inputs, labels, "input")
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +98,9 @@ def test_automatic_types_avoid_saturation_on_this_cpu(fp32_model, digits, auto_i
     unsafe = quantize_int8(fp32_model, tmp_path / "u8s8.onnx", _feeds(digits[0]), unsafe_options)
     unsafe_kernels = kernel_check(unsafe.path, validation)
     assert unsafe_kernels["mean_abs_diff"] > 20 * auto_kernels["mean_abs_diff"]
-    assert unsafe_kernels["agreement"] < 0.999
-    # Where the kernels clip, the model as it runs here is worse than its own exact arithmetic.
-    assert _accuracy(unsafe.path, digits) < _accuracy(unsafe.path, digits, exact=True)
+    assert unsafe_kernels["agreement"] < 0.999  # clipped kernels flip digits the exact arithmetic keeps
+    # (Whether the flips cost accuracy depends on the model: with the factory retrained in
+    # session 13 they happened to cancel, 98.50 % as run vs 98.43 % exact, so accuracy is no check.)
     assert auto_int8.types.weight_type == "uint8" and "VNNI" in auto_int8.types.why
 
 
