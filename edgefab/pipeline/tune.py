@@ -107,7 +107,7 @@ def trained_like(network: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                     (module.running_mean, -0.5, 0.5),
                     (module.running_var, 0.5, 1.5),
                 ):
-                    tensor.uniform_(low, high, generator=generator)  # fmt: skip
+                    tensor.uniform_(low, high, generator=generator)
     return network
 
 
