@@ -157,9 +157,14 @@ def test_tuned_compile_then_sibling_reuses_the_database(tmp_path):
     _, manifest = compile_model(CompileOptions(first, target="host", out=tmp_path / "o1", tune=4))
     tvm = manifest["engines"]["tvm"]
     run = tvm["tuning_run"]
-    assert tvm["tuned"] and run["new_trials"] >= 1 and tvm["database"]["records"] >= 1
+    assert run["new_trials"] >= 1 and tvm["database"]["records"] >= 1
     assert tvm["max_abs_diff_vs_onnxruntime"] < 1e-4
-    assert "tuned" in manifest["figures"]["tvm_latency"]["method"]
+    # With 4 trials the untuned form may win every kernel (it did on CI's CPU): then the package is
+    # honestly "untuned", and says which kernels run the default schedule.
+    kept_default = len(tvm["default_schedule_kernels"])
+    assert tvm["tuned"] == (kept_default < run["tasks"])
+    method = manifest["figures"]["tvm_latency"]["method"]
+    assert ("(tuned" in method) == tvm["tuned"] and ("(untuned" in method) != tvm["tuned"]
     records = tvm["database"]["records"]
 
     _, again = compile_model(CompileOptions(second, target="host", out=tmp_path / "o2", tune=4))
