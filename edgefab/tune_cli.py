@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -39,6 +40,13 @@ def tuning_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def shipped_row(seed: dict[str, Any]) -> str:
+    """How the shipped tuning database was used, in one line."""
+    if seed["kernels_copied"]:
+        return f"{seed['kernels_copied']} kernels as measured on this CPU ({seed['measured_on']})"
+    return f"{seed['kernels_remeasured']} kernels re-measured here (shipped from {seed['measured_on']})"
+
+
 @user_errors
 def tune_command(
     space: Annotated[str, typer.Option(help="Search space whose layer shapes to tune.")] = "digits-28",
@@ -48,6 +56,10 @@ def tune_command(
     seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
     rpc: RpcOption = None,
     key: KeyOption = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Afterwards write the database here in edgefab's shipped format (.json.gz)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Tune every distinct layer shape of a search space into the target's tuning database.
@@ -58,7 +70,7 @@ def tune_command(
     """
     from edgefab.pipeline.tune import SpaceTuneJob, tune_space
 
-    job = SpaceTuneJob(target, space, trials, num_classes, seed, rpc, key)
+    job = SpaceTuneJob(target, space, trials, num_classes, seed, rpc, key, export)
     try:
         with RichProgress(enabled=not as_json) as progress:
             report = tune_space(job, progress)
@@ -68,4 +80,8 @@ def tune_command(
     for note in report["warnings"]:
         stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
     rows = [("target", report["target"]), ("space", report["space"]), *tuning_rows(report)]
+    if report["shipped_database"]:
+        rows.insert(2, ("shipped database", shipped_row(report["shipped_database"])))
+    if report["exported"]:
+        rows.append(("exported", f"{report['exported']['path']} ({report['exported']['records']} records)"))
     emit(report, as_json, key_value_table("edgefab tune", rows))

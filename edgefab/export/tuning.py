@@ -9,7 +9,9 @@ The database lives in ``cache_dir()/tvm-tuning/<target>-<hash of the TVM target>
 (MetaSchedule's JSON database: ``database_workload.json``, ``database_tuning_record.json``). A folder
 of another TVM version is ignored with a warning: schedules are not portable across versions.
 MetaSchedule appends each measured record to the JSON file as it goes, so an interrupted run keeps
-what it found. Candidates are measured on this machine, or on a device behind a TVM RPC tracker
+what it found. Kernels the database lacks are first seeded from the database edgefab ships for the
+target, if any (:mod:`edgefab.export.shipped_tuning`: copied on the machine that measured it,
+re-measured here on any other). Candidates are measured on this machine, or on a device behind a TVM RPC tracker
 (``TuneOptions.device``, see :mod:`edgefab.export.rpc_tuning`).
 
 Fixes for the pip wheel (see ``shared/notes/stack-facts.md``): the module is lowered with the
@@ -21,9 +23,7 @@ builder's timeout); and the database is applied to the raw module.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +33,15 @@ from typing import Any
 
 from edgefab.errors import EdgefabError
 from edgefab.export.default_schedule import compete_with_default, is_default
+from edgefab.export.measure import (
+    RUN_TIMEOUT_S,
+    build_candidate,
+    cpu_intrinsics_only,
+    devnull,
+    tuning_target,
+)
 from edgefab.export.rpc_tuning import RpcDevice, device_gone, export_candidate, rpc_runner
+from edgefab.export.shipped_tuning import seed_from_shipped, shipped_database
 from edgefab.export.tuning_db import (
     count_records,
     database_dir,
@@ -42,8 +50,6 @@ from edgefab.export.tuning_db import (
     stale_databases,
     tvm_version,
 )
-
-RUN_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,15 +80,6 @@ class TuningReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-serialisable data."""
         return dict(self.__dict__)
-
-
-def build_candidate(mod, target):
-    """Build one MetaSchedule candidate like its default builder, without importing all intrinsics."""
-    import tvm
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.tirx.build(mod, target=target)
 
 
 def _in_process_builder(export: Callable[[Any], str]):
@@ -118,15 +115,6 @@ def _cost_model() -> str:
     except ImportError:
         return "random"
     return "xgb"
-
-
-def tuning_target(tvm_target: dict[str, Any]) -> dict[str, Any]:
-    """The TVM target to tune and compile tuned code with: MetaSchedule needs ``num-cores``."""
-    import psutil
-
-    if tvm_target.get("kind") != "llvm" or "num-cores" in tvm_target:
-        return dict(tvm_target)
-    return {**tvm_target, "num-cores": psutil.cpu_count(logical=False) or 1}
 
 
 def extract_tasks(mod, tvm_target: dict[str, Any]) -> list:
@@ -234,30 +222,6 @@ def has_record(database, task) -> bool:
     return database.has_workload(mod) and bool(database.get_top_k(database.commit_workload(mod), 1))
 
 
-def _cpu_intrinsics_only() -> None:
-    """Register only the CPU tensor intrinsics before MetaSchedule imports them all.
-
-    ``TuneContext`` imports ``tvm.s_tir.tensor_intrin``, whose package import registers every
-    intrinsic family; the CUDA one alone takes about 60 s here (two minutes on a busy machine), and
-    a CPU schedule uses only the x86 and Arm ones. A stand-in package that loads just those keeps
-    the same registrations for CPU targets. Nothing happens if the real package is already loaded.
-    """
-    import importlib
-    import sys
-    import types
-
-    import tvm.s_tir
-
-    name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules:
-        return
-    package = types.ModuleType(name)
-    package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
-    sys.modules[name] = package
-    for family in ("dot_product_common", "x86", "arm_cpu"):
-        setattr(package, family, importlib.import_module(f"{name}.{family}"))
-
-
 def _strategy(per_task: int):
     """Evolutionary search sized to the trials: its defaults (population 512) take minutes per task
     on 2 cores before the first candidate is measured, which dominates short runs."""
@@ -299,11 +263,6 @@ def _drop_nameless_log_handlers() -> None:
         logger.removeHandler(handler)
 
 
-@functools.cache
-def _devnull():
-    return open(os.devnull, "w")  # noqa: SIM115 - kept open for the process's life on purpose
-
-
 def _run_tuner(
     todo: list,
     folder: Path,
@@ -314,14 +273,14 @@ def _run_tuner(
 ) -> None:
     from tvm.s_tir import meta_schedule as ms
 
-    _cpu_intrinsics_only()
+    cpu_intrinsics_only()
     _drop_nameless_log_handlers()
     per_task = options.max_trials_per_task or max(1, math.ceil(options.trials / len(todo)))
     logs = str(folder / "logs")
     local = options.device is None
     # MetaSchedule logs every step to stdout (which must stay clean for --json); its log files keep it.
     # Its stream handlers outlive the run, so the stream they were given stays open.
-    with contextlib.redirect_stdout(_devnull()):
+    with contextlib.redirect_stdout(devnull()):
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S) if local else rpc_runner(options.device)
         export = export_candidate(options.device)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -374,16 +333,19 @@ def compile_cpu(
     import tvm
 
     folder = database_dir(target_name, tvm_target)
+    shipped = shipped_database(target_name)
+    tasks = extract_tasks(mod, tvm_target) if options is not None or shipped else []
+    seeded = seed_from_shipped(tasks, folder, target_name, tvm_target) if shipped else None
     report = None
     if options is not None:
-        report = tune(extract_tasks(mod, tvm_target), folder, options, on_trial)
+        report = tune(tasks, folder, options, on_trial)
     if count_records(folder) == 0:
         notes = stale_databases(folder)
         for note in notes:
             warnings.warn(note, stacklevel=2)
         info = {"tuned": False, "database": None, "warnings": notes}
         return tvm.compile(mod, tvm.target.Target(tvm_target)), info
-    tasks = extract_tasks(mod, tvm_target)
+    tasks = tasks or extract_tasks(mod, tvm_target)
     database = open_database(folder, create=False)
     # Kernels without a valid record, or whose default form measured fastest, keep TVM's default
     # schedule; the manifest names them so a slow kernel can be traced to its cause.
@@ -395,6 +357,7 @@ def compile_cpu(
         "kernels_in_database": f"{covered} of {len(tasks)}",
         "default_schedule_kernels": untuned,
         "tuning_run": report.to_dict() if report else None,
+        "shipped_database": seeded.to_dict() if seeded and seeded.records else None,
     }
     return compile_tuned(mod, tvm_target, folder), info
 

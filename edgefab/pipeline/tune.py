@@ -15,13 +15,17 @@ in some network; a few width assignments per choice cover them all.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgefab.arch import ArchSpec
+from edgefab.export.measure import tuning_target
 from edgefab.export.onnx_export import export_onnx
+from edgefab.export.shipped_tuning import export_database, seed_from_shipped, shipped_database
 from edgefab.export.tuning import database_dir, database_summary, extract_tasks, tune
 from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
 from edgefab.factory.network import build_network
@@ -42,6 +46,7 @@ class SpaceTuneJob:
     seed: int = 0
     rpc: str | None = None  # HOST:PORT of a TVM RPC tracker: measure on the device registered there
     key: str | None = None  # that device's key
+    export: Path | None = None  # write the database here afterwards, in edgefab's shipped format
 
 
 def space_networks(space: SearchSpace, num_classes: int) -> list[ArchSpec]:
@@ -134,13 +139,24 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     tvm_target = resolve_tvm_target(target)
     tasks = space_tasks(space, job.num_classes, tvm_target, progress)
     folder = database_dir(target.name, tvm_target)
+    seeded = None
+    if options.device is None and shipped_database(target.name):
+        progress.stage("seeding from edgefab's shipped tuning database")
+        seeded = seed_from_shipped(tasks, folder, target.name, tvm_target)
     progress.stage(f"tuning {len(tasks)} kernels, up to {job.trials} trials")
     report = tune(tasks, folder, options, progress.advance)
-    return {
+    summary = {
         "target": target.name,
         "space": space.name,
         "networks": [" ".join(spec.notation()) for spec in space_networks(space, job.num_classes)],
         "kernels": len(tasks),
         **report.to_dict(),
+        "shipped_database": seeded.to_dict() if seeded else None,
         "database": database_summary(folder),
+        "exported": None,
     }
+    if job.export is not None:
+        about = {"space": space.name, "trials": job.trials, "made": time.strftime("%Y-%m-%d")}
+        records = export_database(folder, Path(job.export), tuning_target(tvm_target), about)
+        summary["exported"] = {"path": str(job.export), "records": records}
+    return summary

@@ -1,0 +1,87 @@
+"""Building and timing single kernels on this machine, as MetaSchedule's tuning does.
+
+Shared by tuning (:mod:`edgefab.export.tuning`) and by re-measuring shipped schedules
+(:mod:`edgefab.export.shipped_tuning`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from edgefab.export.rpc_tuning import export_candidate
+
+RUN_TIMEOUT_S = 60.0
+
+
+def build_candidate(mod, target):
+    """Build one MetaSchedule candidate like its default builder, without importing all intrinsics."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.tirx.build(mod, target=target)
+
+
+def tuning_target(tvm_target: dict[str, Any]) -> dict[str, Any]:
+    """The TVM target to tune and compile tuned code with: MetaSchedule needs ``num-cores``."""
+    import psutil
+
+    if tvm_target.get("kind") != "llvm" or "num-cores" in tvm_target:
+        return dict(tvm_target)
+    return {**tvm_target, "num-cores": psutil.cpu_count(logical=False) or 1}
+
+
+def cpu_intrinsics_only() -> None:
+    """Register only the CPU tensor intrinsics before MetaSchedule imports them all.
+
+    ``TuneContext`` imports ``tvm.s_tir.tensor_intrin``, whose package import registers every
+    intrinsic family; the CUDA one alone takes about 60 s here (two minutes on a busy machine), and
+    a CPU schedule uses only the x86 and Arm ones. A stand-in package that loads just those keeps
+    the same registrations for CPU targets. Nothing happens if the real package is already loaded.
+    """
+    import importlib
+    import sys
+    import types
+
+    import tvm.s_tir
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        return
+    package = types.ModuleType(name)
+    package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+    sys.modules[name] = package
+    for family in ("dot_product_common", "x86", "arm_cpu"):
+        setattr(package, family, importlib.import_module(f"{name}.{family}"))
+
+
+@functools.cache
+def devnull():
+    return open(os.devnull, "w")  # noqa: SIM115 - kept open for the process's life on purpose
+
+
+def measure_here(tvm_target: dict[str, Any], candidates: list[tuple[Any, list]]) -> list[list[float] | None]:
+    """Build scheduled kernels and time them on this machine as tuning does; None for a failure."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    cpu_intrinsics_only()
+    target, export = tvm.target.Target(tvm_target), export_candidate(None)
+    inputs, built = [], []
+    for mod, args in candidates:
+        try:
+            inputs.append(ms.runner.RunnerInput(export(build_candidate(mod, target)), "cpu", args))
+            built.append(True)
+        except Exception:  # a schedule this machine cannot build (another CPU's intrinsics)
+            built.append(False)
+    with contextlib.redirect_stdout(devnull()):
+        futures = iter(ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S).run(inputs))
+    times = []
+    for ok in built:
+        result = next(futures).result() if ok else None
+        times.append(list(result.run_secs) if result and result.error_msg is None else None)
+    return times
