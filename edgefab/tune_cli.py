@@ -14,8 +14,9 @@ TuneOption = Annotated[
     typer.Option(
         "--tune",
         min=1,
-        help="Tune with MetaSchedule: up to N trials for the kernels the target's tuning database lacks "
-        "(kept in the cache and reused by later builds). Host targets, or any CPU target with --rpc.",
+        help="Tune with MetaSchedule: N trials spread over the model's kernels, counting the records the "
+        "target's tuning database (kept in the cache, reused by later builds) already holds. Host targets, "
+        "or any CPU target with --rpc.",
     ),
 ]
 RpcOption = Annotated[
@@ -31,7 +32,7 @@ def tuning_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
     """Summary rows of a tuning run."""
     database = report["database"]
     return [
-        ("kernels", f"{report['tasks']} ({report['tasks_in_database']} already in the database)"),
+        ("kernels", f"{report['tasks']} ({report['tasks_in_database']} had records already)"),
         ("tuned now", f"{report['tasks_tuned']} kernels, {report['new_trials']} trials measured"),
         ("measured on", report["measured_on"]),
         ("cost model", report["cost_model"] or "-"),
@@ -51,7 +52,9 @@ def shipped_row(seed: dict[str, Any]) -> str:
 def tune_command(
     space: Annotated[str, typer.Option(help="Search space whose layer shapes to tune.")] = "digits-28",
     target: Annotated[str, typer.Option("--target", "-t", help="Target name or .toml path.")] = "host",
-    trials: Annotated[int, typer.Option(min=1, help="Trials in all, spread over the new kernels.")] = 64,
+    trials: Annotated[
+        int, typer.Option(min=1, help="Trials in all, spread over the kernels (records already held count).")
+    ] = 64,
     num_classes: Annotated[int, typer.Option(min=2, help="Classes of the head layer.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
     rpc: RpcOption = None,

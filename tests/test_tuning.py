@@ -171,6 +171,10 @@ def test_tuned_compile_then_sibling_reuses_the_database(tmp_path):
     run = again["engines"]["tvm"]["tuning_run"]
     assert run["new_trials"] == 0 and run["tasks_in_database"] == run["tasks"]
     assert again["engines"]["tvm"]["database"]["records"] == records
+    # asking for more trials tunes further: each kernel up to its larger share, records held counting
+    _, more = compile_model(CompileOptions(second, target="host", out=tmp_path / "o3", tune=12))
+    run = more["engines"]["tvm"]["tuning_run"]
+    assert run["new_trials"] >= 1 and run["tasks_in_database"] == run["tasks"] and run["tasks_tuned"] >= 1
     database = json.loads((tuning.database_dir("host", host_tvm_target()) / "meta.json").read_text())
     assert database["tvm_version"] == tuning.tvm_version()
     # every tuned kernel's default form was measured too, so the best record is never the slower one

@@ -11,8 +11,8 @@ of another TVM version is ignored with a warning: schedules are not portable acr
 MetaSchedule appends each measured record to the JSON file as it goes, so an interrupted run keeps
 what it found. Kernels the database lacks are first seeded from the database edgefab ships for the
 target, if any (:mod:`edgefab.export.shipped_tuning`: copied on the machine that measured it,
-re-measured here on any other). Candidates are measured on this machine, or on a device behind a TVM RPC tracker
-(``TuneOptions.device``, see :mod:`edgefab.export.rpc_tuning`).
+re-measured here on any other). Candidates are measured on this machine, or on a device behind a
+TVM RPC tracker (``TuneOptions.device``, see :mod:`edgefab.export.rpc_tuning`).
 
 Fixes for the pip wheel (see ``shared/notes/stack-facts.md``): the module is lowered with the
 ``zero`` pipeline before task extraction (else no tasks are found); candidates are built in this
@@ -54,10 +54,15 @@ from edgefab.export.tuning_db import (
 
 @dataclass(frozen=True)
 class TuneOptions:
-    """How much to tune: ``trials`` candidates in all, spread over the kernels not tuned yet."""
+    """How much to tune: ``trials`` candidates in all, spread evenly over the kernels.
+
+    Records already in the database count: a kernel is tuned only up to its share (``trials`` over
+    the kernels, or ``max_trials_per_task``), so asking again for the same costs nothing, and asking
+    for more tunes further.
+    """
 
     trials: int = 64
-    max_trials_per_task: int | None = None  # default: trials spread evenly over the new kernels
+    max_trials_per_task: int | None = None  # default: trials spread evenly over the kernels
     seed: int = 0
     device: RpcDevice | None = None  # measure on this device over TVM RPC; None: on this machine
 
@@ -69,8 +74,8 @@ class TuningReport:
     database: str
     tvm_version: str
     tasks: int = 0  # distinct kernels (fused layers) of the module
-    tasks_in_database: int = 0  # of which already tuned before this run
-    tasks_tuned: int = 0  # given their first record in this run (fewer than asked when trials run out)
+    tasks_in_database: int = 0  # of which had tuning records before this run
+    tasks_tuned: int = 0  # tuned in this run (new, or below their share of the trials)
     new_trials: int = 0  # records measured and added in this run
     seconds: float = 0.0
     cost_model: str = ""
@@ -145,9 +150,12 @@ def tune(
     if any("meta.json says" in note for note in report.warnings):
         raise EdgefabError(f"tuning database {folder} belongs to another TVM version; delete it to tune")
     database = open_database(folder, create=True)
-    todo = [t for t in tasks if not has_record(database, t)]
-    report.tasks_in_database = len(tasks) - len(todo)
-    if todo and options.trials > 0:
+    share = options.max_trials_per_task or max(1, math.ceil(options.trials / max(1, len(tasks))))
+    counts = [trials_in_database(database, t) for t in tasks]
+    todo = [t for t, count in zip(tasks, counts, strict=True) if count < share]
+    budget = min(options.trials, sum(share - count for count in counts if count < share))
+    report.tasks_in_database = sum(count > 0 for count in counts)
+    if todo and budget > 0:
         before = count_records(folder)
         report.cost_model = _cost_model()
         gone: list[bool] = []
@@ -160,12 +168,12 @@ def tune(
                         raise RuntimeError("the device is gone")
                     try:
                         if on_trial:
-                            on_trial(done, options.trials)
+                            on_trial(done, budget)
                     except KeyboardInterrupt:
                         interrupted.append(True)
                         raise
 
-                _run_tuner(todo, folder, database, options, report.cost_model, progress)
+                _run_tuner(todo, folder, database, options, (budget, share), report.cost_model, progress)
         except Exception:
             if gone:
                 raise _device_gone_error(options.device, folder) from None
@@ -173,7 +181,9 @@ def tune(
         finally:  # records measured before an interruption are on disk already
             report.new_trials = count_records(folder) - before
             report.seconds = round(time.perf_counter() - started, 1)
-        report.tasks_tuned = sum(has_record(database, t) for t in todo)
+        report.tasks_tuned = sum(
+            trials_in_database(database, t) > count for t, count in zip(tasks, counts, strict=True)
+        )
     report.seconds = round(time.perf_counter() - started, 1)
     return report
 
@@ -214,6 +224,14 @@ def _interruptible():
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def trials_in_database(database, task) -> int:
+    """How many tuned (not default) valid records ``database`` holds for ``task``'s kernel."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0
+    return sum(not is_default(r) for r in database.get_top_k(database.commit_workload(mod), 1 << 20))
 
 
 def has_record(database, task) -> bool:
@@ -268,6 +286,7 @@ def _run_tuner(
     folder: Path,
     database,
     options: TuneOptions,
+    trials: tuple[int, int],
     cost_model: str,
     on_batch: Callable[[int, list], None],
 ) -> None:
@@ -275,7 +294,7 @@ def _run_tuner(
 
     cpu_intrinsics_only()
     _drop_nameless_log_handlers()
-    per_task = options.max_trials_per_task or max(1, math.ceil(options.trials / len(todo)))
+    budget, per_task = trials
     logs = str(folder / "logs")
     local = options.device is None
     # MetaSchedule logs every step to stdout (which must stay clean for --json); its log files keep it.
@@ -290,7 +309,7 @@ def _run_tuner(
             tasks=contexts,
             task_weights=weights,
             work_dir=logs,
-            max_trials_global=options.trials,
+            max_trials_global=budget,
             max_trials_per_task=per_task,
             num_trials_per_iter=min(64, per_task),
             builder=_in_process_builder(export),

@@ -89,9 +89,9 @@ def compile_onnx(
 ) -> CompiledArtifact:
     """Import ``model`` into Relax, build it for ``target`` and write the library into ``out_dir``.
 
-    CPU code applies the target's tuning database where one exists (after tuning the kernels it
-    lacks with MetaSchedule when ``tune`` is given); OpenCL code is scheduled by dlight rules and its
-    source ships as ``kernels.cl``.
+    CPU code applies the target's tuning database where one exists (after tuning the kernels below
+    their share of the trials with MetaSchedule when ``tune`` is given); OpenCL code is scheduled by
+    dlight rules and its source ships as ``kernels.cl``.
     """
     symbolic = [s for s in graph.input_signature(model) if any(isinstance(d, str) for d in s["shape"])]
     if symbolic:

@@ -102,7 +102,8 @@ def compile_with_tvm(
     """Compile for ``target``; where the library runs here, check it against ``reference`` and time it.
 
     ``tolerance`` is the largest max abs difference accepted (wider for quantized graphs). ``tune``
-    tunes the kernels the target's database lacks first (see :mod:`edgefab.export.tuning`).
+    tunes the kernels below their share of its trials in the target's database first (see
+    :mod:`edgefab.export.tuning`).
 
     An operator TVM cannot import is not fatal: the package still ships the ONNX Runtime engine.
     """

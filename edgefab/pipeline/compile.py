@@ -62,7 +62,7 @@ class CompileOptions:
     calibration_data: Path | None = None  # .npz/.npy of model inputs; default: seeded random inputs
     group_size: str | None = None  # w4/w8: columns per scale, "channel" or "auto" (default 128)
     act_order: bool = False  # w4/w8: GPTQ visits columns by decreasing Hessian diagonal
-    tune: int | None = None  # MetaSchedule trials for the kernels the target's database lacks
+    tune: int | None = None  # MetaSchedule trials over the kernels (records in the target's database count)
     rpc: str | None = None  # with tune: HOST:PORT of the TVM RPC tracker of the device to measure on
     key: str | None = None  # with rpc: the device's key
 
