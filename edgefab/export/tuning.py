@@ -51,6 +51,11 @@ from edgefab.export.tuning_db import (
     tvm_version,
 )
 
+# MetaSchedule commits a task's measurements when it next picks that task, or at the end of the run;
+# with one batch per task that is the end. Tuning in rounds of a few tasks puts records on disk (and
+# moves the progress bar) as it goes, so an interrupted long run keeps what it measured.
+TASKS_PER_ROUND = 8
+
 
 @dataclass(frozen=True)
 class TuneOptions:
@@ -297,31 +302,44 @@ def _run_tuner(
     budget, per_task = trials
     logs = str(folder / "logs")
     local = options.device is None
+    measured = [0]  # candidates measured in earlier rounds
     # MetaSchedule logs every step to stdout (which must stay clean for --json); its log files keep it.
     # Its stream handlers outlive the run, so the stream they were given stays open.
     with contextlib.redirect_stdout(devnull()):
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S) if local else rpc_runner(options.device)
         export = export_candidate(options.device)
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            todo, work_dir=logs, strategy=_strategy(per_task), seed=options.seed
-        )
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=logs,
-            max_trials_global=budget,
-            max_trials_per_task=per_task,
-            num_trials_per_iter=min(64, per_task),
-            builder=_in_process_builder(export),
-            runner=runner,
-            database=database,
-            cost_model=cost_model,
-            measure_callbacks=[
-                *ms.measure_callback.MeasureCallback.create("default"),
-                _progress_callback(on_batch),
-            ],  # fmt: skip
-        )
-        compete_with_default(todo, database, runner, export, build_candidate)
+        for start in range(0, len(todo), TASKS_PER_ROUND):
+            round_tasks = todo[start : start + TASKS_PER_ROUND]
+            round_budget = min(budget - measured[0], per_task * len(round_tasks))
+            if round_budget <= 0:
+                break
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                round_tasks, work_dir=logs, strategy=_strategy(per_task), seed=options.seed
+            )
+            in_round = [0]
+
+            def report(done: int, results: list, in_round=in_round) -> None:
+                in_round[0] = done
+                on_batch(measured[0] + done, results)
+
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=logs,
+                max_trials_global=round_budget,
+                max_trials_per_task=per_task,
+                num_trials_per_iter=min(64, per_task),
+                builder=_in_process_builder(export),
+                runner=runner,
+                database=database,
+                cost_model=cost_model,
+                measure_callbacks=[
+                    *ms.measure_callback.MeasureCallback.create("default"),
+                    _progress_callback(report),
+                ],  # fmt: skip
+            )
+            measured[0] += in_round[0]
+            compete_with_default(round_tasks, database, runner, export, build_candidate)
 
 
 def check_tunable(target, tvm_target: dict[str, Any], over_rpc: bool = False) -> None:
