@@ -157,7 +157,8 @@ def tune(
     database = open_database(folder, create=True)
     share = options.max_trials_per_task or max(1, math.ceil(options.trials / max(1, len(tasks))))
     counts = [trials_in_database(database, t) for t in tasks]
-    todo = [t for t, count in zip(tasks, counts, strict=True) if count < share]
+    # kernels with the fewest records first: when the trials run out, new kernels have been tuned
+    todo = [t for t, count in sorted(zip(tasks, counts, strict=True), key=lambda tc: tc[1]) if count < share]
     budget = min(options.trials, sum(share - count for count in counts if count < share))
     report.tasks_in_database = sum(count > 0 for count in counts)
     if todo and budget > 0:
