@@ -101,6 +101,7 @@ def test_a_grouping_task_in_seconds(pixel_build, tmp_path):
     path, manifest = build(BuildOptions(target="pixel", task=task, latency_ms=0.5, out=tmp_path))
     assert manifest["outputs"][0]["shape"] == [1, 2]
     assert json.loads((path / "labels.json").read_text()) == ["even", "odd"]
+    assert manifest["build"]["factory"]["task_head"] == "grouped classes"  # it beats the fitted head
     assert manifest["figures"]["accuracy"] > 0.9 and manifest["figures"]["latency"]["ms"] <= 0.5
     assert sum(manifest["build"]["factory"]["seconds"].values()) < 60  # seconds, even on a loaded machine
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from edgefab.data import load_dataset, train_val_split
 from edgefab.data.tasks import Task, apply_task, parse_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import AssemblerConfig, relative_budget, train_assembler
-from edgefab.factory.customize import CustomizeOptions, customize, latency_range
-from edgefab.factory.scoring import task_accuracy
+from edgefab.factory.customize import CustomizeOptions, GroupHead, customize, latency_range
+from edgefab.factory.scoring import group_logits, task_accuracy
 from edgefab.factory.space import FACTORY_SPACES, ModuleSelection
 from edgefab.factory.store import load_factory
 from edgefab.factory.supernet import ModularSupernet
@@ -152,7 +153,13 @@ def test_customize_meets_the_budget(tiny_factory, digits):
     assert chosen.predicted_ms <= budget
     assert chosen.predicted_ms == pytest.approx(model.total_ms(chosen.spec.__class__.from_dict(
         {**chosen.spec.to_dict(), "num_classes": 10})), rel=1e-6)  # fmt: skip
-    assert chosen.spec.num_classes == 2 and chosen.network.classifier.out_features == 2
+    assert chosen.spec.num_classes == 2
+    if chosen.head == "grouped classes":  # the inherited all-class classifier, read as the grouping
+        assert chosen.network.classifier.linear.out_features == 10
+    else:
+        assert chosen.head == "fitted" and chosen.network.classifier.out_features == 2
+    linear = customize(factory, task, model, budget, train, val, replace(options, group_head=False))
+    assert linear.head == "fitted"
     assert 0.0 < chosen.relative_budget < 1.0 and len(chosen.candidates) == 2
     with torch.no_grad():
         assert chosen.network(torch.zeros(1, 1, 28, 28)).shape == (1, 2)
@@ -160,6 +167,33 @@ def test_customize_meets_the_budget(tiny_factory, digits):
         EdgefabError, match=r"no sub-network of the factory meets 0.001 ms on pixel: the smallest"
     ):
         customize(factory, task, model, 0.001, train, val, options)
+
+
+def test_group_head_exports_and_quantizes(tiny_factory, tmp_path):
+    """A grouping read from the all-class classifier: group log-probabilities whose argmax is the
+    log-sum-exp grouping's, and an ONNX graph that ONNX Runtime runs and its quantizer can prepare."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgefab.export.onnx_export import INPUT_NAME, export_onnx
+
+    factory = load_factory(tiny_factory[0])
+    _, network = factory.supernet.extract(factory.space.smallest())
+    groups = [[0, 2, 4, 6, 8], [1, 3], [5, 7, 9]]
+    images = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        logits = network(images).numpy()
+        network.classifier = GroupHead(network.classifier, groups)
+        out = network(images).numpy()
+    task = Task(tuple((f"g{i}", tuple(g)) for i, g in enumerate(groups)), "test grouping")
+    np.testing.assert_allclose(np.exp(out).sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out, group_logits(logits, task) - np.logaddexp.reduce(logits, 1)[:, None],
+                               atol=1e-4)  # fmt: skip
+    path = tmp_path / "grouped.onnx"
+    export_onnx(network, (1, 1, 28, 28), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {INPUT_NAME: images[:1].numpy()})[0], out[:1], atol=1e-4)
+    quant_pre_process(str(path), str(tmp_path / "prepared.onnx"))  # it fails on ReduceLogSumExp
 
 
 def test_factory_for_other_data_is_refused(tiny_factory, tmp_path):

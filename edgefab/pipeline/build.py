@@ -165,7 +165,11 @@ def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path
     factory, why = resolve_factory(options.factory, data)
     with work_folder() as work:
         if factory is not None:
-            customize_options = CustomizeOptions(finetune_epochs=options.finetune_epochs, seed=options.seed)
+            customize_options = CustomizeOptions(
+                finetune_epochs=options.finetune_epochs,
+                group_head=not snn_package_suffix(options),  # the SNN converter needs a linear head
+                seed=options.seed,
+            )
             chosen = customize_for_build(
                 factory, why, task, target, options.latency_ms, train, val, customize_options, progress
             )
