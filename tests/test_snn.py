@@ -23,7 +23,14 @@ from edgefab.compress.snn import (
     synaptic_layers,
 )
 from edgefab.compress.snn_energy import energy_summary, estimate_energy
-from edgefab.compress.snn_train import SnnOptions, check_timesteps, parse_timesteps, train_stage
+from edgefab.compress.snn_norm import attach_norms, fold_norms
+from edgefab.compress.snn_train import (
+    SnnOptions,
+    check_timesteps,
+    distillation_loss,
+    parse_timesteps,
+    train_stage,
+)
 from edgefab.errors import EdgefabError
 from edgefab.factory.network import build_network
 from edgefab.spaces import get_space
@@ -130,6 +137,59 @@ def test_training_keeps_leaks_and_thresholds_in_range_and_learning(tiny_snn):
     assert all(unit.lif.threshold.item() >= MIN_THRESHOLD for unit in net.units().values())
 
 
+def test_training_norm_starts_as_identity_and_folds_back_exactly(tiny_snn):
+    import copy
+
+    _, snn, calibration = tiny_snn
+    net = copy.deepcopy(snn).eval()
+    net.timesteps = 1
+    with torch.no_grad():
+        before = net(calibration)
+        attach_norms(net, calibration)
+        assert torch.allclose(net(calibration), before, atol=1e-4)  # identity on the data it was set on
+        for unit in net.units().values():  # what a stage of training does to it
+            unit.norm.weight.mul_(1.3)
+            unit.norm.bias.add_(0.2)
+            unit.norm.running_mean.add_(0.1)
+            unit.norm.running_var.mul_(0.8)
+        normed = net(calibration)
+        assert not torch.allclose(normed, before, atol=1e-2)
+        fold_norms(net)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+        assert set(net.state_dict()) == set(snn.state_dict())  # the plain network's layout again
+        assert torch.allclose(net(calibration), normed, atol=1e-4)
+
+
+def test_training_norm_is_used_at_t1_only(tiny_snn):
+    """At T>1 a norm shared by the steps sees per-step batch statistics in training but their
+    average after folding (measured: T=5 fell to 10 %); at T=1 the two are the same."""
+    import copy
+
+    _, snn, calibration = tiny_snn
+    labels = torch.arange(len(calibration)) % TINY.num_classes
+    options = SnnOptions(train_norm=True, batch_size=16)
+    seen = []
+    for timesteps in (2, 1):
+        net = copy.deepcopy(snn)
+        net.timesteps = timesteps
+        hook = net.head.register_forward_pre_hook(
+            lambda m, a, t=timesteps: seen.append((t, m.norm is not None)) if m.training else None
+        )
+        train_stage(net, calibration, labels, options, epochs=1)
+        hook.remove()
+        assert net.head.norm is None and set(net.state_dict()) == set(snn.state_dict())
+    assert seen == [(2, False)] * 8 + [(1, True)] * 4  # 4 training steps; the head runs once per timestep
+
+
+def test_distillation_loss():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    assert distillation_loss(logits, logits.detach(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    targets = torch.tensor([[-1.0, 0.5, 2.0], [0.0, 1.0, 0.0]])
+    loss = distillation_loss(logits, targets, 4.0)
+    loss.backward()
+    assert loss.item() > 0 and logits.grad[0, 0] > 0 and logits.grad[0, 2] < 0  # pulled to the teacher
+
+
 # --- conversion -------------------------------------------------------------------------------------
 
 
@@ -219,6 +279,12 @@ def test_timesteps_must_decrease_and_be_positive(bad):
         SnnOptions(timesteps=bad)
 
 
+@pytest.mark.parametrize("bad", [{"distill": 1.5}, {"distill": -0.1}, {"temperature": 0.0}])
+def test_distillation_settings_are_checked(bad):
+    with pytest.raises(EdgefabError, match="distillation weight"):
+        SnnOptions(**bad)
+
+
 def test_timesteps_parsing():
     assert parse_timesteps("5,3,2,1") == (5, 3, 2, 1)
     with pytest.raises(EdgefabError, match="comma-separated integers"):
@@ -286,10 +352,16 @@ def test_longer_t_exports_unrolled(tiny_snn, tmp_path):
 
 
 @pytest.mark.slow
-def test_build_with_compress_snn(tmp_path):
+def test_build_with_compress_snn(tmp_path, monkeypatch):
+    import functools
+
+    import edgefab.pipeline.snn as snn_step
     from edgefab.data import load_dataset
     from edgefab.pipeline.build import BuildOptions, build
     from edgefab.runtime import load
+
+    # The build's own recipe with a shorter last stage (20 epochs by default): this tests the wiring.
+    monkeypatch.setattr(snn_step, "SnnOptions", functools.partial(SnnOptions, last_stage_epochs=3))
 
     digits = load_dataset("mnist")
     keep = np.arange(0, len(digits), 10)  # 800 digits

@@ -7,7 +7,8 @@ The method is IIR-SNN (Chowdhury, Rathi, Roy, "One timestep is all you need"), b
 Conversion, layer by layer:
 
 - **Batch norm is folded** into the convolution before it (weights scaled, a bias added), so every
-  synaptic layer is a plain convolution (or the linear classifier).
+  synaptic layer is a plain convolution (or the linear classifier). (A T=1 stage trains with a norm
+  on each LIF input again, folded back after it: :mod:`edgefab.compress.snn_norm`.)
 - **Every ReLU6 becomes a LIF layer** with one trainable threshold ``v`` and one trainable leak
   ``l`` (clamped to ``[0, 1]``; 1 is a non-leaky integrate-and-fire neuron, where training starts;
   training also projects the parameters back into range after each step, see ``snn_train``).
@@ -22,17 +23,15 @@ Conversion, layer by layer:
   then raises it). A deployment folds ``a`` into the consuming weights, so a consumer only adds.
 - **Piecewise-linear surrogate gradient**: ``d o / d z = alpha * max(0, 1 - |z|)`` with
   ``z = u / v - 1``; thresholds get gradients through ``z``, leaks through ``u``. ``alpha`` is 1
-  here (the gradient shrinks by ``alpha`` at every LIF layer, and a MobileNet has 11 of them); with
-  AdamW (per-parameter step sizes) 0.5, 1 and 2 gave the same T=1 accuracy within 0.3 points.
+  (with AdamW, 0.5, 1 and 2 gave the same T=1 accuracy within 0.3 points).
 - **Direct input encoding**: the analog image drives the first convolution at every timestep; its
   output is the same at every step, so it is computed once and fed to the stem's LIF each step.
 - **Non-spiking output**: global average pool (linear) and the classifier accumulate over the
   timesteps; the logits are the mean over ``T`` (the ANN's logit scale, so conversion starts close).
 - **Thresholds start at a percentile** (default the 99.7th, DIET-SNN's choice) of each layer's
   pre-activations (the input of its ReLU6) on training data, capped at 6 (ReLU6's own ceiling).
-  At 5 steps no percentile converts well (measured on the digits: 8-16 % at T=5 for the 80th to
-  99.99th, 97 % at T=100 for the 99.7th): a neuron starting at ``u = 0`` passes on
-  ``floor(T * I / v) / T``, and the rounding down compounds over 11 layers; training at T=5 fixes it.
+  No percentile converts well at 5 steps (``floor(T * I / v) / T`` rounds down at every layer:
+  8-16 % on the digits, 97 % at T=100); training at T=5 fixes it (BENCHMARKS.md).
 
 What the parts without an activation become (MobileNetV2's linear bottleneck has no ReLU after
 the 1x1 projection nor after the residual add):
@@ -137,11 +136,17 @@ class SpikingConv(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
+        self.norm: nn.BatchNorm2d | None = None  # only while a stage trains (edgefab.compress.snn_norm)
         self.lif = LIF(1.0)
+
+    def current(self, x: torch.Tensor) -> torch.Tensor:
+        """The LIF layer's input current: the convolution (then the training-time norm, if any)."""
+        out = self.conv(x)
+        return out if self.norm is None else self.norm(out)
 
     def forward(self, x: torch.Tensor, states: dict) -> torch.Tensor:
         """One timestep; ``states`` holds every LIF layer's state, keyed by module."""
-        out, states[self] = self.lif(self.conv(x), states.get(self))
+        out, states[self] = self.lif(self.current(x), states.get(self))
         return out
 
 
@@ -189,7 +194,7 @@ class SpikingNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Run ``self.timesteps`` steps (unrolled: the exported graph is a plain feed-forward graph)."""
-        drive = self.stem.conv(x)  # direct encoding: the same analog drive at every step
+        drive = self.stem.current(x)  # direct encoding: the same analog drive at every step
         states: dict = {}
         total = None
         for _ in range(self.timesteps):
@@ -208,7 +213,7 @@ class SpikingNetwork(nn.Module):
         names = {unit: name for name, unit in self.units().items()}
 
         def unit(module: SpikingConv, inputs: torch.Tensor) -> torch.Tensor:
-            pre = module.conv(inputs)
+            pre = module.current(inputs)
             if record is not None:
                 record.setdefault(names[module], []).append(pre)
             return pre.clamp(0.0, RELU6_CEILING)
