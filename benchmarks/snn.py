@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--timesteps", default="5,3,2,1")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the SNN's training")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,6 +98,7 @@ def main() -> None:
         timesteps=tuple(int(t) for t in args.timesteps.split(",")),
         epochs_per_stage=args.epochs_per_stage,
         last_stage_epochs=args.last_stage_epochs,
+        seed=args.seed,
     )
     start = time.perf_counter()
     result = convert_and_train(ann, train, val, prep, options, stage=lambda text: print(text, flush=True))
