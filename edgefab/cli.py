@@ -29,7 +29,7 @@ from edgefab.quantize_cli import (
 )
 from edgefab.search_cli import search_app
 from edgefab.snn_cli import CompressOption, TimestepsOption, snn_app, snn_rows
-from edgefab.tune_cli import KeyOption, RpcOption, TuneOption, tune_command
+from edgefab.tune_cli import KeyOption, RpcOption, TuneOption, shipped_row, tune_command
 
 app = typer.Typer(
     help="Turn a task and a device budget into a verified on-device runtime package.",
@@ -79,7 +79,10 @@ def _tuning_rows(tvm: dict[str, Any]) -> list[tuple[str, Any]]:
         return []
     fallback = len(tvm.get("default_schedule_kernels", []))
     text = f"{tvm['kernels_in_database']} kernels in the database; {fallback} run TVM's default schedule"
-    return [("TVM tuning", text)]
+    rows = [("TVM tuning", text)]
+    if tvm.get("shipped_database"):
+        rows.append(("shipped tuning db", shipped_row(tvm["shipped_database"])))
+    return rows
 
 
 def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]:

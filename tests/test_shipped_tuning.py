@@ -52,7 +52,7 @@ def test_same_machine_copies_the_records_as_measured(shipped, tmp_path):
     assert report.records == records == tuning.count_records(tmp_path)
     stored = shipped_tuning.load_shipped(path)["kernels"]
     copied = {json.dumps(r.as_json()[1]) for kept in best_records(tmp_path, tasks) for r in kept}
-    assert copied == {json.dumps(r[1]) for rs in stored.values() for r in rs}  # the shipped times
+    assert copied == {json.dumps(r[1]) for k in stored.values() for r in k["records"]}  # the shipped times
 
 
 @pytest.mark.slow
@@ -69,7 +69,8 @@ def test_another_machine_remeasures_every_schedule_here(shipped, tmp_path):
     report = shipped_tuning.seed_database(tasks, folder, elsewhere, tuning_target(host_tvm_target()), measure)
     assert report.kernels_remeasured == len(tasks) and report.kernels_copied == 0
     assert len(measured) == records and report.records == tuning.count_records(folder) >= len(tasks)
-    stored = {json.dumps(r[1]) for rs in shipped_tuning.load_shipped(path)["kernels"].values() for r in rs}
+    kernels = shipped_tuning.load_shipped(path)["kernels"].values()
+    stored = {json.dumps(r[1]) for kernel in kernels for r in kernel["records"]}
     for kept in best_records(folder, tasks):
         assert any(is_default(r) for r in kept)  # the default competes here too
         assert all(json.dumps(r.as_json()[1]) not in stored for r in kept)  # times are this machine's
@@ -85,3 +86,13 @@ def test_user_records_win_and_other_versions_are_ignored(shipped, tmp_path):
     old = rewrite(path, tmp_path / "old.json.gz", lambda p: p.update(tvm_version="0.0.1"))
     report = shipped_tuning.seed_database(tasks, tmp_path / "fresh", old, target, None)
     assert report.records == 0 and "TVM 0.0.1" in report.warnings[0]
+
+
+def test_the_main_job_on_host_finds_every_kernel_in_the_shipped_database(host_build):
+    """The factory's digits network compiles tuned on ``host`` with no trials of its own: the shipped
+    database (``edgefab tune --space digits-28``) holds every one of its kernels, copied or
+    re-measured into this session's cache."""
+    assert shipped_tuning.shipped_database("host") is not None
+    tvm = host_build[1]["engines"]["tvm"]
+    covered, total = tvm["kernels_in_database"].split(" of ")
+    assert covered == total and tvm["tuning_run"] is None

@@ -76,11 +76,12 @@ def shipped_database(target_name: str) -> Path | None:
 def export_database(folder: Path, out: Path, tuning_target: dict[str, Any], about: dict[str, Any]) -> int:
     """Write the database at ``folder`` in the shipped format to ``out``; returns the records written.
 
-    Per kernel: the ``TUNED_KEEP`` fastest tuned records and the default schedule's record.
-    ``about`` (space, trials, date) is stored beside the machine identity.
+    Per kernel: its workload (the kernel's TIR, which the records' traces replay on: the same kernel
+    in another model can carry other block names), the ``TUNED_KEEP`` fastest tuned records and the
+    default schedule's record. ``about`` (space, trials, date) is stored beside the machine identity.
     """
     database = open_database(folder, create=False)
-    kernels: dict[str, list] = {}
+    kernels: dict[str, dict] = {}
     for record in database.get_all_tuning_records() if database else []:
         workload = record.workload
         shash = workload.as_json()[0]
@@ -89,7 +90,8 @@ def export_database(folder: Path, out: Path, tuning_target: dict[str, Any], abou
         best = database.get_top_k(workload, 256)
         tuned = [r for r in best if not is_default(r)][:TUNED_KEEP]
         default = [r for r in best if is_default(r)][:1]
-        kernels[shash] = [r.as_json() for r in tuned + default]
+        records = [r.as_json() for r in tuned + default]
+        kernels[shash] = {"workload": workload.as_json()[1], "records": records}
     payload = {
         "format": FORMAT,
         "tvm_version": tvm_version(),
@@ -100,7 +102,7 @@ def export_database(folder: Path, out: Path, tuning_target: dict[str, Any], abou
     out.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(out, "wt") as handle:
         json.dump(payload, handle, separators=(",", ":"), default=str)
-    return sum(len(records) for records in kernels.values())
+    return sum(len(kernel["records"]) for kernel in kernels.values())
 
 
 def load_shipped(path: Path) -> dict[str, Any]:
@@ -122,7 +124,9 @@ def seed_database(
     with ``measure`` and recorded with this machine's times (schedules that fail here are dropped).
     """
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.schedule import ScheduleError
     from tvm.target import Target
+    from tvm_ffi import structural_hash
 
     payload = load_shipped(shipped)
     report = SeedReport(str(shipped), payload["machine"]["cpu"])
@@ -138,10 +142,15 @@ def seed_database(
         mod = task.dispatched[0]
         if database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1):
             continue  # the user's own records win
-        workload = database.commit_workload(mod)
-        stored = payload["kernels"].get(workload.as_json()[0], [])
+        stored = payload["kernels"].get(str(structural_hash(mod)))
         if stored:
-            todo.append((workload, [ms.database.TuningRecord.from_json(r, workload) for r in stored]))
+            shipped_mod = ms.database.Workload.from_json([str(structural_hash(mod)), stored["workload"]]).mod
+            workload = database.commit_workload(shipped_mod)
+            try:
+                records = [ms.database.TuningRecord.from_json(r, workload) for r in stored["records"]]
+            except ScheduleError:  # the user's database holds this kernel under other names; skip it
+                continue
+            todo.append((workload, records))
     if same_machine:
         for _, records in todo:
             for record in records:
