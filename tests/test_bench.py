@@ -63,7 +63,7 @@ def test_pytorch_times_the_architecture_the_manifest_records():
     space = get_space("digits-28")
     spec = space.arch(space.smallest(), 10)
     manifest = {
-        "kind": "model",
+        "kind": "classifier",  # what build writes
         "target": {"threads": 1},
         "inputs": [{"name": "input", "shape": [1, *spec.input_shape], "dtype": "float32"}],
         "build": {"architecture": spec.to_dict()},
@@ -72,4 +72,6 @@ def test_pytorch_times_the_architecture_the_manifest_records():
     assert 0 < result["min_ms"] <= result["median_ms"] and "fresh weights" in result["note"]
     manifest["compression"] = {"method": "snn"}
     assert "spiking" in pytorch_entry(manifest, BenchOptions(runs=1))["skipped"]
-    assert "no architecture" in pytorch_entry({"kind": "model"}, BenchOptions(runs=1))["skipped"]
+    assert "no architecture" in pytorch_entry({"kind": "classifier"}, BenchOptions(runs=1))["skipped"]
+    generator = {**manifest, "kind": "generator", "compression": {}}
+    assert "no architecture" in pytorch_entry(generator, BenchOptions(runs=1))["skipped"]

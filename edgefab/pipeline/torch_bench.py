@@ -15,7 +15,7 @@ from edgefab.runtime.bench import BenchOptions, seeded_inputs, summarize, timed_
 def pytorch_entry(manifest: dict[str, Any], options: BenchOptions) -> dict[str, Any]:
     """``edgefab bench``'s PyTorch row: timings of the manifest's architecture, or why there are none."""
     architecture = manifest.get("build", {}).get("architecture")
-    if manifest.get("kind", "model") != "model" or not architecture:
+    if manifest.get("kind") == "generator" or not architecture:
         return {"skipped": "no architecture in the manifest (a compiled ONNX model or a generator)"}
     if manifest.get("compression", {}).get("method") == "snn":
         return {"skipped": "the package is a spiking network; its architecture is the ANN's"}
