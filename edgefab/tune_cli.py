@@ -83,7 +83,7 @@ def tune_command(
     for note in report["warnings"]:
         stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
     rows = [("target", report["target"]), ("space", report["space"]), *tuning_rows(report)]
-    if report["shipped_database"]:
+    if report["shipped_database"] and report["shipped_database"]["records"]:
         rows.insert(2, ("shipped database", shipped_row(report["shipped_database"])))
     if report["exported"]:
         rows.append(("exported", f"{report['exported']['path']} ({report['exported']['records']} records)"))
