@@ -142,9 +142,10 @@ def seed_database(
         mod = task.dispatched[0]
         if database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1):
             continue  # the user's own records win
-        stored = payload["kernels"].get(str(structural_hash(mod)))
+        shash = str(structural_hash(mod))
+        stored = payload["kernels"].get(shash)
         if stored:
-            shipped_mod = ms.database.Workload.from_json([str(structural_hash(mod)), stored["workload"]]).mod
+            shipped_mod = ms.database.Workload.from_json([shash, stored["workload"]]).mod
             workload = database.commit_workload(shipped_mod)
             try:
                 records = [ms.database.TuningRecord.from_json(r, workload) for r in stored["records"]]
@@ -173,8 +174,9 @@ def _remeasure(database, todo: list, target, measure: Measure) -> int:
     for (workload, record, candidate), run_secs in zip(flat, times, strict=True):
         if run_secs:
             args = list(candidate.args_info)
-            record = ms.database.TuningRecord(record.trace, workload, run_secs, target, args)
-            database.commit_tuning_record(record)
+            database.commit_tuning_record(
+                ms.database.TuningRecord(record.trace, workload, run_secs, target, args)
+            )
             kept += 1
     return kept
 
