@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefab.errors import EdgefabError
 from edgefab.export import shipped_tuning, tuning
 from edgefab.export.default_schedule import is_default
 from edgefab.export.measure import measure_here, tuning_target
@@ -86,6 +87,23 @@ def test_user_records_win_and_other_versions_are_ignored(shipped, tmp_path):
     old = rewrite(path, tmp_path / "old.json.gz", lambda p: p.update(tvm_version="0.0.1"))
     report = shipped_tuning.seed_database(tasks, tmp_path / "fresh", old, target, None)
     assert report.records == 0 and "TVM 0.0.1" in report.warnings[0]
+
+
+@pytest.mark.slow
+def test_export_names_a_remote_device_and_never_leaves_half_a_file(shipped, tmp_path):
+    path, tasks, records = shipped
+    folder = path.parent / "tuned"
+    target = tuning_target(host_tvm_target())
+    out = tmp_path / "phone.json.gz"
+    assert shipped_tuning.export_database(folder, out, target, {}, measured_on="RPC key 'android'") == records
+    assert shipped_tuning.load_shipped(out)["machine"]["cpu"] == "RPC key 'android'"
+    report = shipped_tuning.seed_database(tasks, tmp_path / "db", out, target, lambda c: [None] * len(c))
+    assert report.kernels_copied == 0  # measured elsewhere: never copied as this CPU's
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(EdgefabError, match="cannot write the tuning database to"):
+        shipped_tuning.export_database(folder, blocked / "x.json.gz", target, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "file", "phone.json.gz"]
 
 
 def test_the_main_job_on_host_finds_every_kernel_in_the_shipped_database(host_build):

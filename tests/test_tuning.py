@@ -225,6 +225,7 @@ def test_space_networks_hold_every_layer_of_random_factory_networks():
         (["--space", "nope"], "unknown search space 'nope'"),
         (["--target", "pixel"], "give its TVM RPC tracker with --rpc HOST:PORT --key KEY"),
         (["--rpc", "127.0.0.1:1", "--key", "android"], r"cannot reach the TVM RPC tracker at 127.0.0.1:1 \("),
+        (["--export", "db.json"], "the format is gzipped JSON; give a path ending in .json.gz"),
     ],
 )
 def test_tune_command_bad_input_is_one_line(args, message):

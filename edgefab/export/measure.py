@@ -61,6 +61,7 @@ def cpu_intrinsics_only() -> None:
 
 @functools.cache
 def devnull():
+    """A stream for MetaSchedule's stdout logging (its handlers outlive a run, so it stays open)."""
     return open(os.devnull, "w")  # noqa: SIM115 - kept open for the process's life on purpose
 
 

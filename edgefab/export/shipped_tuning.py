@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import os
 import platform
 import warnings
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edgefab.errors import EdgefabError
 from edgefab.export.default_schedule import is_default
 from edgefab.export.measure import measure_here, tuning_target
 from edgefab.export.tuning_db import open_database, tvm_version
@@ -73,12 +75,20 @@ def shipped_database(target_name: str) -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
-def export_database(folder: Path, out: Path, tuning_target: dict[str, Any], about: dict[str, Any]) -> int:
+def export_database(
+    folder: Path,
+    out: Path,
+    tuning_target: dict[str, Any],
+    about: dict[str, Any],
+    measured_on: str | None = None,
+) -> int:
     """Write the database at ``folder`` in the shipped format to ``out``; returns the records written.
 
     Per kernel: its workload (the kernel's TIR, which the records' traces replay on: the same kernel
     in another model can carry other block names), the ``TUNED_KEEP`` fastest tuned records and the
-    default schedule's record. ``about`` (space, trials, date) is stored beside the machine identity.
+    default schedule's record. ``about`` (space, trials, date) is stored beside the machine identity;
+    ``measured_on`` names the device when it was not this machine (tuning over RPC), so the records
+    are never taken as this CPU's. The file appears only once it is complete.
     """
     database = open_database(folder, create=False)
     kernels: dict[str, dict] = {}
@@ -92,16 +102,23 @@ def export_database(folder: Path, out: Path, tuning_target: dict[str, Any], abou
         default = [r for r in best if is_default(r)][:1]
         records = [r.as_json() for r in tuned + default]
         kernels[shash] = {"workload": workload.as_json()[1], "records": records}
-    payload = {
-        "format": FORMAT,
-        "tvm_version": tvm_version(),
-        "machine": machine_identity(tuning_target),
-        "about": about,
-        "kernels": kernels,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out, "wt") as handle:
-        json.dump(payload, handle, separators=(",", ":"), default=str)
+    machine = machine_identity(tuning_target)
+    if measured_on is not None:
+        machine["cpu"] = measured_on
+    payload = {"format": FORMAT, "tvm_version": tvm_version(), "machine": machine, "about": about}
+    payload["kernels"] = kernels
+    partial = out.with_name(out.name + ".partial")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(partial, "wt") as handle:
+            json.dump(payload, handle, separators=(",", ":"), default=str)
+        os.replace(partial, out)
+    except OSError as exc:
+        if partial.exists():
+            partial.unlink()
+        raise EdgefabError(
+            f"cannot write the tuning database to {out}: {exc.strerror}; give another path"
+        ) from None
     return sum(len(kernel["records"]) for kernel in kernels.values())
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from edgefab.arch import ArchSpec
+from edgefab.errors import EdgefabError
 from edgefab.export.measure import tuning_target
 from edgefab.export.onnx_export import export_onnx
 from edgefab.export.shipped_tuning import export_database, seed_from_shipped, shipped_database
@@ -130,6 +131,16 @@ def space_tasks(space: SearchSpace, num_classes: int, tvm_target: dict[str, Any]
     return unique_tasks(task_lists)
 
 
+def check_export_path(path: Path | None) -> None:
+    """Refuse an ``--export`` path that cannot hold a shipped database, before any tuning."""
+    if path is None:
+        return
+    if not Path(path).name.endswith(".json.gz"):
+        raise EdgefabError(f"--export {path}: the format is gzipped JSON; give a path ending in .json.gz")
+    if Path(path).is_dir():
+        raise EdgefabError(f"--export {path} is a folder; give a file path ending in .json.gz")
+
+
 def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str, Any]:
     """Tune the space's distinct kernels for the target; returns a summary."""
     progress = progress or SilentProgress()
@@ -137,6 +148,7 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     options = tune_options(target, job.trials, job.rpc, job.key, job.seed)
     space = get_space(job.space)
     tvm_target = resolve_tvm_target(target)
+    check_export_path(job.export)
     tasks = space_tasks(space, job.num_classes, tvm_target, progress)
     folder = database_dir(target.name, tvm_target)
     seeded = None
@@ -157,6 +169,7 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     }
     if job.export is not None:
         about = {"space": space.name, "trials": job.trials, "made": time.strftime("%Y-%m-%d")}
-        records = export_database(folder, Path(job.export), tuning_target(tvm_target), about)
+        measured_on = options.device.describe() if options.device is not None else None
+        records = export_database(folder, Path(job.export), tuning_target(tvm_target), about, measured_on)
         summary["exported"] = {"path": str(job.export), "records": records}
     return summary
