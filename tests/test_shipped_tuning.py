@@ -60,16 +60,17 @@ def test_same_machine_copies_the_records_as_measured(shipped, tmp_path):
 def test_another_machine_remeasures_every_schedule_here(shipped, tmp_path):
     path, tasks, records = shipped
     elsewhere = rewrite(path, tmp_path / "other.json.gz", lambda p: p["machine"].update(cpu="Some Other CPU"))
-    measured = []
+    measured, steps = [], []
 
     def measure(candidates):
         measured.extend(candidates)
-        return measure_here(tuning_target(host_tvm_target()), candidates)
+        return measure_here(tuning_target(host_tvm_target()), candidates, lambda *step: steps.append(step))
 
     folder = tmp_path / "db"
     report = shipped_tuning.seed_database(tasks, folder, elsewhere, tuning_target(host_tvm_target()), measure)
     assert report.kernels_remeasured == len(tasks) and report.kernels_copied == 0
     assert len(measured) == records and report.records == tuning.count_records(folder) >= len(tasks)
+    assert steps == [(done, 2 * records) for done in range(1, 2 * records + 1)]  # each build, each timing
     kernels = shipped_tuning.load_shipped(path)["kernels"].values()
     stored = {json.dumps(r[1]) for kernel in kernels for r in kernel["records"]}
     for kept in best_records(folder, tasks):

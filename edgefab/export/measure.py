@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,24 +66,35 @@ def devnull():
     return open(os.devnull, "w")  # noqa: SIM115 - kept open for the process's life on purpose
 
 
-def measure_here(tvm_target: dict[str, Any], candidates: list[tuple[Any, list]]) -> list[list[float] | None]:
-    """Build scheduled kernels and time them on this machine as tuning does; None for a failure."""
+def measure_here(
+    tvm_target: dict[str, Any],
+    candidates: list[tuple[Any, list]],
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[list[float] | None]:
+    """Build scheduled kernels and time them on this machine as tuning does; None for a failure.
+
+    ``on_progress(done, total)`` is told after each build and each timing (``total`` counts both).
+    """
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
     cpu_intrinsics_only()
+    report = on_progress or (lambda done, total: None)
+    total = 2 * len(candidates)
     target, export = tvm.target.Target(tvm_target), export_candidate(None)
     inputs, built = [], []
-    for mod, args in candidates:
+    for done, (mod, args) in enumerate(candidates, 1):
         try:
             inputs.append(ms.runner.RunnerInput(export(build_candidate(mod, target)), "cpu", args))
             built.append(True)
         except Exception:  # a schedule this machine cannot build (another CPU's intrinsics)
             built.append(False)
+        report(done, total)
     with contextlib.redirect_stdout(devnull()):
         futures = iter(ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S).run(inputs))
     times = []
-    for ok in built:
+    for done, ok in enumerate(built, len(candidates) + 1):
         result = next(futures).result() if ok else None
         times.append(list(result.run_secs) if result and result.error_msg is None else None)
+        report(done, total)
     return times

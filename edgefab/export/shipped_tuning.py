@@ -203,14 +203,19 @@ def seed_from_shipped(
     folder: Path,
     target_name: str,
     tvm_target: dict[str, Any],
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SeedReport | None:
     """Seed the target's database with edgefab's shipped records for ``tasks`` it lacks (see
-    :mod:`edgefab.export.shipped_tuning`); None when nothing is shipped for the target."""
+    :mod:`edgefab.export.shipped_tuning`); None when nothing is shipped for the target.
+
+    ``on_progress(done, total)`` follows the re-measuring on a CPU other than the shipped one.
+    """
     shipped = shipped_database(target_name)
     if shipped is None:
         return None
     target = tuning_target(tvm_target)
-    report = seed_database(tasks, folder, shipped, target, functools.partial(measure_here, target))
+    measure = functools.partial(measure_here, target, on_progress=on_progress)
+    report = seed_database(tasks, folder, shipped, target, measure)
     for note in report.warnings:
         warnings.warn(note, stacklevel=2)
     return report

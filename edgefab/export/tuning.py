@@ -366,6 +366,9 @@ def compile_cpu(
 ) -> tuple[Any, dict[str, Any]]:
     """Compile for a CPU target, tuning first when ``options`` is given, applying the database if any.
 
+    ``on_trial(done, total)`` follows the slow steps: re-measuring shipped schedules on a new CPU,
+    then the tuning trials.
+
     Returns the executable and what the manifest should say about tuning.
     """
     import tvm
@@ -373,7 +376,7 @@ def compile_cpu(
     folder = database_dir(target_name, tvm_target)
     shipped = shipped_database(target_name)
     tasks = extract_tasks(mod, tvm_target) if options is not None or shipped else []
-    seeded = seed_from_shipped(tasks, folder, target_name, tvm_target) if shipped else None
+    seeded = seed_from_shipped(tasks, folder, target_name, tvm_target, on_trial) if shipped else None
     report = None
     if options is not None:
         report = tune(tasks, folder, options, on_trial)

@@ -154,7 +154,7 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     seeded = None
     if options.device is None and shipped_database(target.name):
         progress.stage("seeding from edgefab's shipped tuning database")
-        seeded = seed_from_shipped(tasks, folder, target.name, tvm_target)
+        seeded = seed_from_shipped(tasks, folder, target.name, tvm_target, progress.advance)
     progress.stage(f"tuning {len(tasks)} kernels, up to {job.trials} trials")
     report = tune(tasks, folder, options, progress.advance)
     summary = {
