@@ -28,7 +28,7 @@ from edgefab.quantize_cli import (
     quantize_app,
 )
 from edgefab.search_cli import search_app
-from edgefab.snn_cli import CompressOption, TimestepsOption, snn_app, snn_rows
+from edgefab.snn_cli import CompressOption, SnnEpochsOption, TimestepsOption, snn_app, snn_rows
 from edgefab.tune_cli import KeyOption, RpcOption, TuneOption, shipped_row, tune_command
 
 app = typer.Typer(
@@ -157,6 +157,7 @@ def build(
     act_order: ActOrderOption = False,
     compress: CompressOption = None,
     timesteps: TimestepsOption = "5,3,2,1",
+    snn_epochs: SnnEpochsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Customise the factory (or train a model) for the task and budget, and package it for the target."""
@@ -172,7 +173,7 @@ def build(
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
         group_size=group_size, act_order=act_order,
         task=task, factory=factory, finetune_epochs=finetune_epochs,
-        compress=compress, timesteps=timesteps, model=model,
+        compress=compress, timesteps=timesteps, snn_epochs=snn_epochs, model=model,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = run_build(options, progress)

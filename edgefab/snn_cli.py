@@ -154,6 +154,14 @@ def _timesteps(text: str) -> tuple[int, ...]:
 CompressOption = Annotated[
     str | None, typer.Option("--compress", help="Compress the model: snn (IIR-SNN spiking network).")
 ]
+SnnEpochsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--snn-epochs",
+        min=1,
+        help="--compress snn: epochs at the last (shipped) T (default 20; fewer: faster).",
+    ),
+]
 TimestepsOption = Annotated[
     str,
     typer.Option(

@@ -301,6 +301,8 @@ def test_cli_refuses_bad_snn_options_before_training(tmp_path):
         assert len(result.output.strip().splitlines()) == 1
     result = runner.invoke(app, ["build", "--target", "host", "--compress", "prune", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown --compress" in result.output
+    result = runner.invoke(app, ["build", "--target", "host", "--snn-epochs", "3", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--snn-epochs applies only with --compress snn" in result.output
     result = runner.invoke(app, ["snn", "report", str(tmp_path)])
     assert result.exit_code == 2
 
@@ -353,23 +355,21 @@ def test_longer_t_exports_unrolled(tiny_snn, tmp_path):
 
 @pytest.mark.slow
 def test_build_with_compress_snn(tmp_path, monkeypatch):
-    import functools
-
-    import edgefab.pipeline.snn as snn_step
     from edgefab.data import load_dataset
     from edgefab.pipeline.build import BuildOptions, build
     from edgefab.runtime import load
 
-    # The build's own recipe with a shorter last stage (20 epochs by default): this tests the wiring.
-    monkeypatch.setattr(snn_step, "SnnOptions", functools.partial(SnnOptions, last_stage_epochs=3))
+    seen = []  # the build's own recipe with a shorter last stage (20 epochs by default): the wiring
+    monkeypatch.setattr("edgefab.pipeline.snn.SnnOptions", lambda **kw: seen.append(kw) or SnnOptions(**kw))
 
     digits = load_dataset("mnist")
     keep = np.arange(0, len(digits), 10)  # 800 digits
     data = tmp_path / "digits.npz"
     np.savez(data, images=digits.images[keep, 0], labels=digits.labels[keep])
     options = BuildOptions(target="host", data=str(data), out=tmp_path / "out", epochs=1, factory="none",
-                           compress="snn", timesteps=(3, 1))  # fmt: skip
+                           compress="snn", timesteps=(3, 1), snn_epochs=3)  # fmt: skip
     path, manifest = build(options)
+    assert seen[0]["last_stage_epochs"] == 3
     assert path.name.endswith("-snn")
     section = manifest["compression"]
     assert section["timesteps"] == [3, 1] and section["shipped_timesteps"] == 1

@@ -79,6 +79,7 @@ class BuildOptions:
     act_order: bool = False  # w4/w8: GPTQ visits columns by decreasing Hessian diagonal
     compress: str | None = None  # "snn": see edgefab.pipeline.snn
     timesteps: tuple[int, ...] = (5, 3, 2, 1)  # --compress snn: IIR-SNN stages, the last one ships
+    snn_epochs: int | None = None  # --compress snn: epochs at the last T (default: SnnOptions')
     model: Path | None = None  # a SlimFlow checkpoint: a generator package (edgefab.pipeline.flow_build)
 
 

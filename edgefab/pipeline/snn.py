@@ -161,6 +161,8 @@ def snn_package_suffix(options: Any) -> str:
     compress = getattr(options, "compress", None)
     check_compress(compress, getattr(options, "quantize", None))
     if compress is None:
+        if getattr(options, "snn_epochs", None) is not None:
+            raise EdgefabError("--snn-epochs applies only with --compress snn; add that or drop the option")
         return ""
     check_timesteps(tuple(options.timesteps))
     return f"-{compress}"
@@ -170,12 +172,13 @@ def apply_snn(options: Any, chosen: Any, progress: Progress) -> tuple[Any, SnnSt
     """``chosen`` unchanged unless ``options.compress == "snn"``; then with its model replaced by the
     trained SNN of the last T, and the step that annotates the package.
 
-    ``options``: the build's ``BuildOptions`` (``compress``, ``timesteps``, ``quantize``, ``seed``);
+    ``options``: the build's ``BuildOptions`` (``compress``, ``timesteps``, ``snn_epochs``, ``seed``);
     ``chosen``: its ``ChosenModel`` (``model``, ``train``, ``val``, ``prep``).
     """
     if not snn_package_suffix(options):
         return chosen, None
-    snn_options = SnnOptions(timesteps=tuple(options.timesteps), seed=options.seed)
+    last_stage = {"last_stage_epochs": options.snn_epochs} if options.snn_epochs else {}
+    snn_options = SnnOptions(timesteps=tuple(options.timesteps), seed=options.seed, **last_stage)
     result = convert_and_train(
         chosen.model, chosen.train, chosen.val, chosen.prep, snn_options, progress.stage, progress.advance
     )
