@@ -54,7 +54,7 @@ def train(
     space: Annotated[
         str | None, typer.Option(help="Factory space (default: the one for the data's image shape).")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 10,
+    epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 20,
     pool: Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")] = 192,
     seed: Annotated[int, typer.Option(help="Seed of the split, initialisation, sampling.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

@@ -43,7 +43,7 @@ class FactoryJob:
     data: str = "mnist"
     out: Path = Path("factories/mnist")
     space: str | None = None  # default: the built-in space for the data's image shape
-    epochs: int = 10
+    epochs: int = 20
     random_subnets: int = 2
     pool: int = 192
     pool_samples: int = 600  # validation images each pool member is scored on
