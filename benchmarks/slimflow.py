@@ -19,7 +19,7 @@ from pathlib import Path
 from edgefab.flow.distill import DISTILL_LR, DistillOptions
 from edgefab.flow.rectified import OptimOptions
 from edgefab.flow.reflow import AnnealOptions
-from edgefab.flow.slim import PAIRS, SlimOptions, slim
+from edgefab.flow.slim import FIRST_WIDTH, PAIRS, SlimOptions, slim
 from edgefab.flow.teacher import TeacherOptions, train_teacher
 from edgefab.pipeline.flow_report import ReportOptions, flow_report
 
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, help="an existing teacher checkpoint (default: train one)")
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--first-width", type=float, default=FIRST_WIDTH)
     parser.add_argument("--pairs", type=int, default=PAIRS)
     parser.add_argument("--solver", default="euler:16")
     parser.add_argument("--reflow-steps", type=int, default=3000)
@@ -99,6 +100,10 @@ def main() -> None:
     parser.add_argument("--schedule", default="linear")
     parser.add_argument("--distill-steps", type=int, default=2000)
     parser.add_argument("--distill-lr", type=float, default=DISTILL_LR)
+    parser.add_argument("--guide-weight", type=float, default=DistillOptions.guide_weight)
+    parser.add_argument(
+        "--loss", default=DistillOptions.loss, help="lpips, pseudo-huber or lpips+pseudo-huber"
+    )
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--many-steps", type=int, default=32)
     parser.add_argument("--no-rk45", action="store_true")
@@ -116,9 +121,22 @@ def main() -> None:
         seconds["teacher"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     anneal = AnnealOptions(OptimOptions(args.reflow_steps, seed=args.seed), args.anneal_steps, args.schedule)
-    distill = DistillOptions(OptimOptions(args.distill_steps, lr=args.distill_lr, warmup=50, seed=args.seed))
+    distill = DistillOptions(
+        OptimOptions(args.distill_steps, lr=args.distill_lr, warmup=50, seed=args.seed),
+        args.guide_weight,
+        loss=args.loss,
+    )
     options = SlimOptions(
-        teacher, args.work / "slim", args.width, args.pairs, args.solver, anneal, distill, 0, args.seed
+        teacher,
+        args.work / "slim",
+        args.width,
+        args.first_width,
+        args.pairs,
+        args.solver,
+        anneal,
+        distill,
+        0,
+        args.seed,
     )
     path, summary = slim(options, log)
     seconds["slim"] = round(time.perf_counter() - start, 1)

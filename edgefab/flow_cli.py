@@ -75,6 +75,10 @@ def train(
 def slim(
     teacher: Annotated[Path, typer.Argument(help="Teacher checkpoint folder (edgefab flow train).")],
     width: Annotated[float, typer.Option(help="Student width multiplier (must divide the channels).")] = 0.5,
+    first_width: Annotated[
+        float,
+        typer.Option("--first-width", help="Width multiplier of the first (highest-resolution) level."),
+    ] = 0.75,  # edgefab.flow.slim.FIRST_WIDTH
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write.")] = Path(
         "flows/slim"
     ),
@@ -97,6 +101,13 @@ def slim(
     guide_weight: Annotated[
         float, typer.Option("--guide-weight", help="Weight of the two-step guidance.")
     ] = 1.0,
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="Distillation distance: pseudo-huber, lpips (LPIPS-style, on a network edgefab trains "
+            "on the data; measured no better on digits) or lpips+pseudo-huber."
+        ),
+    ] = "pseudo-huber",  # edgefab.flow.distill.DistillOptions.loss
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per step.")] = 64,
     flip: Annotated[
         bool,
@@ -112,7 +123,7 @@ def slim(
     as_json: JsonOption = False,
 ) -> None:
     """SlimFlow: annealing reflow of a smaller student, then flow-guided distillation to one step."""
-    from edgefab.flow.distill import DISTILL_LR, DistillOptions
+    from edgefab.flow.distill import DISTILL_LR, DistillOptions, check_loss
     from edgefab.flow.rectified import OptimOptions
     from edgefab.flow.reflow import AnnealOptions, anneal_beta, parse_solver
     from edgefab.flow.slim import SlimOptions
@@ -120,13 +131,19 @@ def slim(
 
     anneal_beta(0, 1, schedule)  # an unknown schedule or solver fails before the teacher loads
     parse_solver(solver)
+    check_loss(loss)
     anneal = AnnealOptions(
         OptimOptions(reflow_steps, batch_size, 2e-3, seed=seed), anneal_steps, schedule, flip
     )
     distill = DistillOptions(
-        OptimOptions(distill_steps, batch_size, DISTILL_LR, warmup=50, seed=seed), guide_weight, flip=flip
+        OptimOptions(distill_steps, batch_size, DISTILL_LR, warmup=50, seed=seed),
+        guide_weight,
+        flip=flip,
+        loss=loss,
     )
-    options = SlimOptions(teacher, out, width, pairs, solver, anneal, distill, eval_samples, seed, threads)
+    options = SlimOptions(
+        teacher, out, width, first_width, pairs, solver, anneal, distill, eval_samples, seed, threads
+    )
     with RichProgress(enabled=not as_json) as progress:
         path, summary = run_slim(options, progress)
     emit(
@@ -146,7 +163,7 @@ def slim_rows(path: Path, summary: dict[str, Any]) -> list[tuple[str, Any]]:
         ("teacher", summary["teacher"]["path"]),
         (
             "parameters",
-            f"{params['one_step']:,} (width {summary['width']:g}) vs teacher {params['teacher']:,}",
+            f"{params['one_step']:,} (channels {summary.get('channels')}) vs teacher {params['teacher']:,}",
         ),
         (
             "reflow pairs",
@@ -159,7 +176,8 @@ def slim_rows(path: Path, summary: dict[str, Any]) -> list[tuple[str, Any]]:
         ),
         (
             "distillation",
-            f"{distill['steps']} steps, pseudo-Huber, t' in {distill['t_range']}, {seconds['distill']:.0f} s",
+            f"{distill['steps']} steps, {distill.get('loss', 'pseudo-huber')}, t' in {distill['t_range']}, "
+            f"{seconds['distill']:.0f} s",
         ),
     ]
     if one_step:

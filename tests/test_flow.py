@@ -72,6 +72,7 @@ def tiny_slim(tiny_teacher, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("flows") / "slim"
     args = ["flow", "slim", str(tiny_teacher), "--out", str(out), "--pairs", "32", "--solver", "euler:2"]
     args += ["--reflow-steps", "20", "--anneal-steps", "10", "--distill-steps", "10", "--batch-size", "16"]
+    args += ["--first-width", "0.5"]  # 8 x 0.75 channels would not divide into groups of 4
     result = runner.invoke(app, [*args, "--eval-samples", "16", "--json"])
     assert result.exit_code == 0, result.output
     return out
@@ -193,6 +194,8 @@ def test_generator_package_builds_runs_and_writes_a_png(tiny_slim, tmp_path):
     assert manifest["inputs"] == [{"name": "noise", "shape": [1, 1, 8, 8], "dtype": "float32"}]
     assert manifest["generator"]["output_image_shape"] == [1, 1, 8, 8]
     assert manifest["generator"]["value_range"] == [0.0, 1.0]
+    slim_meta = json.loads((tiny_slim / "flow.json").read_text())
+    assert manifest["build"]["channels"] == slim_meta["channels"] == [4, 4, 4]
     assert manifest["engines"]["tvm"]["max_abs_diff_vs_onnxruntime"] < 1e-4
     package = tmp_path / "slim-host"
     noise = np.random.default_rng(1).standard_normal((6, 1, 8, 8)).astype(np.float32)

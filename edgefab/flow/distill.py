@@ -7,9 +7,10 @@ The student starts from the 2-flow; a frozen copy of the 2-flow is the guide. Ea
   guide's velocity from there, target = x_t' + (1 - t') v_g(x_t', t'), detached; loss
   D(z + v_s(z, 0), target). It keeps the one-step map close to what the flow itself would reach.
 
-D is the pseudo-Huber distance sqrt(||a - b||^2 + c^2) - c with c = 0.00054 sqrt(dims) (as in
-improved consistency training), not LPIPS: LPIPS needs VGG/AlexNet weights that cannot be
-downloaded here.
+D is chosen by ``DistillOptions.loss``: ``pseudo-huber``, sqrt(||a - b||^2 + c^2) - c with
+c = 0.00054 sqrt(dims) (as in improved consistency training); ``lpips``, the LPIPS-style distance of
+:mod:`edgefab.flow.perceptual` (a network edgefab trains itself: LPIPS's VGG/AlexNet weights cannot
+be downloaded here); or ``lpips+pseudo-huber``, their sum.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgefab.errors import EdgefabError
 from edgefab.flow.checkpoint import clone_weights
 from edgefab.flow.data import random_flip
 from edgefab.flow.rectified import OptimOptions, optimize
 from edgefab.flow.reflow import Pairs
 from edgefab.flow.unet import VelocityUNet
 
-DISTILL_LR = 1e-3  # 2e-4 gave 140 against 127 here (benchmarks/slimflow.py, BENCHMARKS.md)
+DISTILL_LR = 1e-3  # 2e-4 gave 140 against 127; 2e-3 128.7 against 131.3, within noise (BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,30 @@ class DistillOptions:
     t_low: float = 0.2
     t_high: float = 0.8
     flip: bool = False
+    loss: str = "pseudo-huber"  # one of LOSSES
+
+
+LOSSES = ("pseudo-huber", "lpips", "lpips+pseudo-huber")
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_loss(loss: str) -> None:
+    """Refuse an unknown distillation distance before any work."""
+    if loss not in LOSSES:
+        raise EdgefabError(f"unknown --loss '{loss}'; use one of {', '.join(LOSSES)}")
+
+
+def make_distance(loss: str, perceptual: nn.Module | None = None) -> Distance:
+    """The batch-mean distance D(a, b) for ``loss``; ``perceptual`` (a
+    :class:`~edgefab.flow.perceptual.PerceptualDistance`) is needed by the lpips ones."""
+    check_loss(loss)
+    if loss == "pseudo-huber":
+        return pseudo_huber
+    if perceptual is None:
+        raise EdgefabError(f"--loss {loss} needs the perceptual network; none was given")
+    if loss == "lpips":
+        return lambda a, b: perceptual(a, b).mean()
+    return lambda a, b: perceptual(a, b).mean() + pseudo_huber(a, b)
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -53,8 +79,12 @@ def flow_guided_distill(
     pairs: Pairs,
     options: DistillOptions,
     on_step: Callable[[int, int], None] | None = None,
+    distance: Distance | None = None,
 ) -> tuple[nn.Module, list[float]]:
-    """A one-step student from ``two_flow`` (left untouched: its frozen copy guides); returns the EMA."""
+    """A one-step student from ``two_flow`` (left untouched: its frozen copy guides); returns the EMA.
+
+    ``distance`` is D (default pseudo-Huber; :func:`make_distance` builds the others)."""
+    distance = distance or pseudo_huber
     student = clone_weights(two_flow)
     guide = clone_weights(two_flow).eval().requires_grad_(False)
 
@@ -70,6 +100,6 @@ def flow_guided_distill(
             t = options.t_low + (options.t_high - options.t_low) * torch.rand(len(z), generator=generator)
             jump = z + t[:, None, None, None] * velocity
             target = jump + (1 - t)[:, None, None, None] * guide(jump, t)
-        return pseudo_huber(one_step, x) + options.guide_weight * pseudo_huber(one_step, target)
+        return distance(one_step, x) + options.guide_weight * distance(one_step, target)
 
     return optimize(student, loss, options.optim, on_step)

@@ -86,7 +86,7 @@ def feature_net(data: Dataset, epochs: int = 3, seed: int = 0) -> FeatureNet:
     if cached:
         model.load_state_dict(load_file(str(path)))
     else:
-        _train(model, images[train], labels[train], epochs, seed)
+        fit_classifier(model, images[train], labels[train], epochs, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         save_file(model.state_dict(), str(partial))
@@ -97,12 +97,21 @@ def feature_net(data: Dataset, epochs: int = 3, seed: int = 0) -> FeatureNet:
     return FeatureNet(model, accuracy, cached)
 
 
-def _train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int) -> None:
+def fit_classifier(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    seed: int,
+    lr: float = 1e-3,
+    batch: int = 128,
+) -> None:
+    """Train ``model`` on ``images`` with cross-entropy and Adam, batches in a seeded order."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
-        for index in torch.randperm(len(images), generator=generator).split(128):
+        for index in torch.randperm(len(images), generator=generator).split(batch):
             loss = F.cross_entropy(model(images[index]), labels[index])
             optimizer.zero_grad()
             loss.backward()
