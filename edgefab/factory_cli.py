@@ -1,4 +1,4 @@
-"""Command-line pieces for the model factory: ``edgefab factory train`` and ``edgefab factory show``."""
+"""Command-line pieces for the model factory: ``edgefab factory train``, ``assemble`` and ``show``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,23 @@ def train(
             as_json,
             key_value_table("edgefab factory train", _summary_rows(path, meta)),
         )
+
+
+@factory_app.command("assemble")
+@user_errors
+def assemble(
+    path: Annotated[Path, typer.Argument(help="Factory folder whose assembler to retrain (in place).")],
+    pool: Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")] = 192,
+    steps: Annotated[int, typer.Option(min=1, help="Assembler training steps.")] = 1500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Retrain a factory's assembler with today's code (its supernet kept), from the factory's own seed."""
+    from edgefab.pipeline.factory_train import FactoryJob, assemble_factory
+
+    with RichProgress(enabled=not as_json) as progress:
+        path, meta = assemble_factory(path, FactoryJob(pool=pool, assembler_steps=steps), progress)
+    emit({"factory": str(path), **meta}, as_json,
+         key_value_table("edgefab factory assemble", _summary_rows(path, meta)))  # fmt: skip
 
 
 @factory_app.command("show")
