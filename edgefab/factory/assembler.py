@@ -30,7 +30,7 @@ from torch import nn
 from edgefab.data.tasks import Task
 from edgefab.factory.scoring import task_accuracy
 from edgefab.factory.space import FactorySpace, ModuleSelection
-from edgefab.factory.threads import torch_threads
+from edgefab.threads import torch_threads
 
 
 def encode_task(task: Task, num_classes: int) -> np.ndarray:

@@ -34,9 +34,9 @@ from edgefab.factory.network import Network
 from edgefab.factory.scoring import score
 from edgefab.factory.space import ModuleSelection
 from edgefab.factory.store import Factory
-from edgefab.factory.threads import torch_threads
 from edgefab.factory.train import TrainConfig, fit
 from edgefab.targets.model import LatencyModel
+from edgefab.threads import torch_threads
 
 SAMPLERS = ("assembler", "random")
 

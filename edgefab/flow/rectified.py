@@ -9,8 +9,7 @@ SciPy's adaptive RK45 (Dormand-Prince) over the whole batch as one state vector.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,15 +128,3 @@ def sample(model: nn.Module, noise: torch.Tensor, solver: str = "euler", steps: 
 def noise_like(count: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """``count`` standard normal images of ``shape``, seeded."""
     return torch.randn((count, *shape), generator=torch.Generator().manual_seed(seed))
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the body with ``count`` intra-op threads (small convolutions on a shared 2-core machine run
-    fastest on one: a second thread mostly waits), then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -34,10 +34,10 @@ from edgefab.flow.data import FlowData, load_flow_data
 from edgefab.flow.distill import DistillOptions, check_loss, flow_guided_distill, make_distance
 from edgefab.flow.evaluate import make_scorer, save_grid, score
 from edgefab.flow.perceptual import CHANNELS, STRIDES, PerceptualDistance, perceptual_net
-from edgefab.flow.rectified import torch_threads
 from edgefab.flow.reflow import AnnealOptions, Pairs, annealing_reflow, generate_pairs, parse_solver
 from edgefab.flow.unet import UNetConfig, VelocityUNet, check_config, parameter_count
 from edgefab.runtime.package import sha256_file
+from edgefab.threads import torch_threads
 
 PAIRS_FILE = "pairs.npz"
 PERCEPTUAL_FILE = "perceptual.safetensors"

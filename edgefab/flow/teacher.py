@@ -13,8 +13,9 @@ import torch
 from edgefab.flow.checkpoint import TEACHER, check_checkpoint_folder, save_checkpoint
 from edgefab.flow.data import batches, load_flow_data
 from edgefab.flow.evaluate import real_grid, save_grid
-from edgefab.flow.rectified import OptimOptions, optimize, torch_threads, velocity_loss
+from edgefab.flow.rectified import OptimOptions, optimize, velocity_loss
 from edgefab.flow.unet import BASE_CHANNELS, UNetConfig, VelocityUNet, check_config, parameter_count
+from edgefab.threads import torch_threads
 
 
 @dataclass(frozen=True)

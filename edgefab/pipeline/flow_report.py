@@ -33,11 +33,12 @@ from edgefab.flow.checkpoint import (
 )
 from edgefab.flow.data import load_flow_data
 from edgefab.flow.evaluate import Scorer, make_scorer, real_grid, save_grid, score
-from edgefab.flow.rectified import noise_like, torch_threads
+from edgefab.flow.rectified import noise_like
 from edgefab.flow.unet import VelocityUNet, parameter_count
 from edgefab.pipeline.common import Progress, SilentProgress, work_folder
 from edgefab.runtime.grid import save_png_grid
 from edgefab.targets.latency import measure_onnx
+from edgefab.threads import torch_threads
 
 REPORT_FILE = "report.json"
 

@@ -1,7 +1,8 @@
 """A context manager for torch's intra-op thread count.
 
-Small tensors (the assembler's MLP, a linear head on pooled features) run fastest on one thread:
-extra threads only add synchronisation, which on a loaded machine costs up to 30x here.
+Small tensors (the assembler's MLP, a linear head on pooled features, the flow students' small
+convolutions) run fastest on one thread: extra threads only add synchronisation, which on a loaded
+machine costs up to 30x here. Used by the factory and the flow code alike.
 """
 
 from __future__ import annotations
