@@ -209,7 +209,7 @@ def test_thresholds_start_at_the_percentile_of_pre_activations(tiny_snn):
     for hook in hooks:
         hook.remove()
     expected = [min(float(np.percentile(p.numpy(), 99.7)), 6.0) for p in pre]
-    found = [float(unit.lif.threshold) for unit in snn.units().values()]
+    found = [float(unit.lif.threshold.detach()) for unit in snn.units().values()]
     assert found == pytest.approx(expected, rel=1e-5)
     assert list(snn.units()) == ["stem", "blocks.0.depthwise", "blocks.1.expand", "blocks.1.depthwise",
                                  "blocks.2.expand", "blocks.2.depthwise", "head"]  # fmt: skip
