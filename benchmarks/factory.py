@@ -6,11 +6,13 @@
     optuna search over the same space given 10x the factory's time, and the simple MobileNetV2-style
     width-scaled family trained from scratch on the task for as many epochs as the supernet had
     (with build's recipe, or with ``--scratch-like-supernet`` the supernet's batch size and rate);
-(c) the assembler vs uniform random sampling, the same number of candidates scored (5 seeds; the pick
-    also judged on validation images it was not scored on).
+(c) the assembler vs uniform random sampling, the same number of candidates scored (5 seeds, or
+    --sampler-seeds; the pick also judged on validation images that neither the scoring nor the
+    factory's pool saw).
 
     python benchmarks/factory.py [--factory PATH] [--tasks N] [--budgets N] [--search-factor 10]
-                                 [--scratch-like-supernet]
+                                 [--scratch-like-supernet] [--samplers-only] [--sampler-seeds 5]
+                                 [--rank latency|probability]
 
 Accuracies are on the task's whole validation split (every model alike); latencies: the three
 choices of a cell timed in 5 interleaved rounds of 40 ONNX Runtime runs here, median of the rounds.
@@ -39,6 +41,7 @@ from edgefab.factory.train import TrainConfig, evaluate_accuracy, train_classifi
 from edgefab.pipeline.build import choose_architecture
 from edgefab.pipeline.common import SilentProgress
 from edgefab.pipeline.factory_build import factory_latency_model, meet_measured_budget
+from edgefab.pipeline.factory_train import pool_images
 from edgefab.search.optuna_search import OptunaOptions, best_within_budget, search
 from edgefab.targets import load_target
 from edgefab.targets.latency import measure_onnx
@@ -82,6 +85,9 @@ def main() -> None:
         action="store_true",
         help="train the scratch family with the supernet's batch size and learning rate (default: build's)",
     )
+    parser.add_argument("--sampler-seeds", type=int, default=SAMPLER_SEEDS, help="seeds (c) averages")
+    parser.add_argument("--rank", default=CustomizeOptions.rank, help="(c)'s ranking: latency or probability")
+    parser.add_argument("--samplers-only", action="store_true", help="run (c) alone, in minutes")
     args = parser.parse_args()
     factory = load_factory(args.factory)
     data = load_dataset("mnist")
@@ -100,11 +106,14 @@ def main() -> None:
         for text in TASKS[: args.tasks]:
             task = parse_task(text, data.classes)
             for budget in budgets:
-                rows.append(
-                    compare(factory, task, model, budget, train, val, scratch, args.search_factor, work)
+                if not args.samplers_only:
+                    rows.append(
+                        compare(factory, task, model, budget, train, val, scratch, args.search_factor, work)
+                    )
+                    print(rows[-1], flush=True)
+                sampler_rows.append(
+                    samplers(factory, task, model, budget, train, val, args.sampler_seeds, args.rank)
                 )
-                print(rows[-1], flush=True)
-                sampler_rows.append(samplers(factory, task, model, budget, train, val))
                 print(sampler_rows[-1], flush=True)
     print(f"scratch family: {scratch}")
     print_tables(rows, sampler_rows, smallest, largest)
@@ -167,22 +176,28 @@ def optuna_row(factory, task, model, budget, train, val, seconds, work) -> dict:
             "optuna_path": exported(pinned.network, pinned.spec, work)}  # fmt: skip
 
 
-def samplers(factory, task, model, budget, train, val, seeds: int = SAMPLER_SEEDS) -> dict:
-    """(c): assembler vs uniform sampling, the same number of candidates scored, over ``seeds`` seeds.
+def samplers(factory, task, model, budget, train, val, seeds: int, rank: str) -> dict:
+    """(c): assembler vs uniform sampling, the same number of candidates scored, over ``seeds`` seeds,
+    both ranking the feasible candidates by ``rank`` (see ``CustomizeOptions``).
 
-    Candidates are scored on the first 500 validation images, as customisation does; the pick (best
-    score) is then judged on the rest of the split, which took no part in choosing it, so a lucky
-    score on 500 images does not count. Also the pick's predicted latency: how much of the budget
-    the sampler puts to use.
+    The validation split is cut in two: the images the factory's pool was scored on (which the
+    assembler learned from) and the rest, which neither the assembler nor the scoring ever saw.
+    Candidates are scored on up to 500 of the first, as customisation does; the pick (best score) is
+    judged on the second, so neither a lucky score nor the assembler's memory of its own pool counts.
+    Also the pick's predicted latency: how much of the budget the sampler puts to use.
     """
-    out = {"task": task.text, "budget": budget}
-    task_train, task_val = restrict(train, task), restrict(val, task)
-    scoring = task_val.subset(list(range(min(500, len(task_val)))))
-    held_out = task_val.subset(list(range(len(scoring.labels), len(task_val))))
+    out = {"task": task.text, "budget": budget, "seeds": seeds, "rank": rank}
+    seen = pool_images(len(val), factory.meta["training"]["seed"], factory.meta["pool"]["scored_on"])
+    unseen = np.setdiff1d(np.arange(len(val)), seen)
+    task_train, scoring = restrict(train, task), restrict(val.subset(seen), task)
+    scoring = scoring.subset(list(range(min(500, len(scoring)))))
+    held_out = restrict(val.subset(unseen), task)
+    out["held_out_images"] = len(held_out)
     for sampler in ("assembler", "random"):
         best, judged, used = [], [], []
         for seed in range(seeds):
-            ranked = propose(factory, task, model, budget, CustomizeOptions(sampler=sampler, seed=seed))
+            options = CustomizeOptions(sampler=sampler, seed=seed, rank=rank)
+            ranked = propose(factory, task, model, budget, options)
             scored = [
                 (score(factory.supernet, s, task_train, scoring, factory.prep, task), ms)
                 for s, ms, _ in ranked
@@ -216,12 +231,16 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
             f"{r['scratch_s']:.0f}",
         ]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
-    print(f"\n(c) mean over {SAMPLER_SEEDS} seeds; the pick judged on validation images it was not scored on")
-    header = ["task", "budget ms", "assembler: best score", "uniform: best score", "assembler: pick held out",
-              "uniform: pick held out", "assembler: budget used", "uniform: budget used"]  # fmt: skip
+    seeds = sampler_rows[0]["seeds"] if sampler_rows else 0
+    rank = sampler_rows[0]["rank"] if sampler_rows else "-"
+    print(f"\n(c) mean over {seeds} seeds, candidates ranked by {rank}; the pick judged on validation "
+          "images that neither the scoring nor the factory's pool saw")  # fmt: skip
+    header = ["task", "budget ms", "held-out images", "assembler: best score", "uniform: best score",
+              "assembler: pick held out", "uniform: pick held out", "assembler: budget used",
+              "uniform: budget used"]  # fmt: skip
     print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
     for r in sampler_rows:
-        cells = [r["task"], f"{r['budget']:.3f}"]
+        cells = [r["task"], f"{r['budget']:.3f}", str(r["held_out_images"])]
         cells += [
             f"{100 * r[key]:.2f} %"
             for key in ("assembler", "random", "assembler_held_out", "random_held_out")

@@ -9,9 +9,20 @@ import typer
 
 from edgefab.console import RichProgress, emit, key_value_table, user_errors
 
+# FactoryJob's defaults, kept here so that --help needs no torch import
+FACTORY_POOL_SAMPLES = 1000
+FACTORY_ASSEMBLER_TARGETS = ("pixel", "note10")
+
 factory_app = typer.Typer(
     help="NN-Factory: a pretrained modular supernet and its module assembler.", no_args_is_help=True
 )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise typer.BadParameter("name at least one target, e.g. --targets pixel,note10")
+    return names
 
 
 def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -56,13 +67,25 @@ def train(
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 20,
     pool: Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")] = 192,
+    pool_samples: Annotated[
+        int, typer.Option(min=1, help="Validation images each pool member is scored on.")
+    ] = FACTORY_POOL_SAMPLES,
+    assembler_targets: Annotated[
+        str,
+        typer.Option(
+            "--targets", help="Targets (comma-separated) whose latency budgets the assembler learns."
+        ),
+    ] = ",".join(FACTORY_ASSEMBLER_TARGETS),
     seed: Annotated[int, typer.Option(help="Seed of the split, initialisation, sampling.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Train the supernet (sandwich rule) and the assembler once; start with torchrun for many processes."""
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
-    job = FactoryJob(data=data, out=out, space=space, epochs=epochs, pool=pool, seed=seed)
+    job = FactoryJob(
+        data=data, out=out, space=space, epochs=epochs, pool=pool, pool_samples=pool_samples,
+        assembler_targets=_names(assembler_targets), seed=seed,
+    )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, meta = train_factory(job, progress)
     if meta:  # rank 0 (the only process under plain python)
@@ -78,6 +101,15 @@ def train(
 def assemble(
     path: Annotated[Path, typer.Argument(help="Factory folder whose assembler to retrain (in place).")],
     pool: Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")] = 192,
+    pool_samples: Annotated[
+        int, typer.Option(min=1, help="Validation images each pool member is scored on.")
+    ] = FACTORY_POOL_SAMPLES,
+    assembler_targets: Annotated[
+        str,
+        typer.Option(
+            "--targets", help="Targets (comma-separated) whose latency budgets the assembler learns."
+        ),
+    ] = ",".join(FACTORY_ASSEMBLER_TARGETS),
     steps: Annotated[int, typer.Option(min=1, help="Assembler training steps.")] = 1500,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -85,7 +117,12 @@ def assemble(
     from edgefab.pipeline.factory_train import FactoryJob, assemble_factory
 
     with RichProgress(enabled=not as_json) as progress:
-        path, meta = assemble_factory(path, FactoryJob(pool=pool, assembler_steps=steps), progress)
+        path, meta = assemble_factory(
+            path,
+            FactoryJob(pool=pool, pool_samples=pool_samples, assembler_targets=_names(assembler_targets),
+                       assembler_steps=steps),
+            progress,
+        )  # fmt: skip
     emit({"factory": str(path), **meta}, as_json,
          key_value_table("edgefab factory assemble", _summary_rows(path, meta)))  # fmt: skip
 

@@ -12,7 +12,7 @@ from edgefab.data import load_dataset, train_val_split
 from edgefab.data.tasks import Task, apply_task, parse_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import AssemblerConfig, relative_budget, train_assembler
-from edgefab.factory.customize import CustomizeOptions, GroupHead, customize, latency_range
+from edgefab.factory.customize import CustomizeOptions, GroupHead, customize, latency_range, propose
 from edgefab.factory.scoring import group_logits, task_accuracy
 from edgefab.factory.space import FACTORY_SPACES, ModuleSelection
 from edgefab.factory.store import load_factory
@@ -170,6 +170,25 @@ def test_customize_meets_the_budget(tiny_factory, digits):
         EdgefabError, match=r"no sub-network of the factory meets 0.001 ms on pixel: the smallest"
     ):
         customize(factory, task, model, 0.001, train, val, options)
+
+
+def test_candidates_ranked_by_latency_use_the_budget(tiny_factory):
+    """By default the feasible candidates that cost the most are scored (the largest networks within
+    budget); ranking by the assembler's probability scores cheaper ones first, and a bad name fails."""
+    factory = load_factory(tiny_factory[0])
+    model = latency_model("pixel")
+    smallest, largest = latency_range(factory, model)
+    budget = (smallest * largest) ** 0.5
+    task = parse_task("all", DIGITS)
+    by_latency = [ms for _, ms, _ in propose(factory, task, model, budget, CustomizeOptions())]
+    options = CustomizeOptions(rank="probability")
+    by_probability = [ms for _, ms, _ in propose(factory, task, model, budget, options)]
+    assert len(by_latency) == len(by_probability) == 3
+    assert by_latency == sorted(by_latency, reverse=True) and max(by_latency) <= budget
+    pairs = zip(sorted(by_latency), sorted(by_probability), strict=True)
+    assert all(a >= b for a, b in pairs)  # the top 3 of all feasible ones, so never below any other 3
+    with pytest.raises(EdgefabError, match="unknown candidate ranking 'size'"):
+        customize(factory, task, model, budget, None, None, CustomizeOptions(rank="size"))
 
 
 def test_group_head_exports_and_quantizes(tiny_factory, tmp_path):

@@ -68,9 +68,37 @@ def test_assemble_reproduces_the_trained_factory(tiny_factory, tmp_path):
     _, meta = assemble_factory(folder, FactoryJob(pool=8, pool_samples=100, assembler_steps=20))
     assert meta["files"] == first["files"]
     assert meta["assembler"] == first["assembler"]
-    arguments = ["factory", "assemble", str(folder), "--pool", "8", "--steps", "30", "--json"]
-    result = CliRunner().invoke(app, arguments)
+    arguments = ["factory", "assemble", str(folder), "--pool", "8", "--pool-samples", "60", "--steps", "30"]
+    result = CliRunner().invoke(app, [*arguments, "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["assembler"]["steps"] == 30
+    meta = json.loads(result.output)
+    assert meta["assembler"]["steps"] == 30 and meta["pool"]["scored_on"] == 60
     result = CliRunner().invoke(app, ["factory", "assemble", str(tmp_path / "absent")])
     assert result.exit_code == 2 and "is not a factory" in result.output
+    before = (folder / "factory.json").read_bytes()
+    result = CliRunner().invoke(app, ["factory", "assemble", str(folder), "--targets", "pixel,nowhere"])
+    assert result.exit_code != 0 and "unknown target 'nowhere'" in result.output
+    assert (folder / "factory.json").read_bytes() == before
+
+
+def test_assemble_for_the_host_target(tiny_factory, tmp_path):
+    """An assembler can learn the budgets of the machine it runs on: the pool is costed with the host
+    table, the factory's layer shapes measured first."""
+    from edgefab.pipeline.factory_train import FactoryJob, assemble_factory
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_factory[0], folder)
+    job = FactoryJob(pool=8, pool_samples=60, assembler_steps=10, assembler_targets=("host",))
+    _, meta = assemble_factory(folder, job)
+    assert meta["assembler"]["targets"] == ["host"]
+
+
+def test_pool_images_are_the_scored_ones_and_the_cli_default_agrees():
+    """A benchmark finds the images a pool was scored on from the factory's seed and count alone."""
+    from edgefab.factory_cli import FACTORY_POOL_SAMPLES
+    from edgefab.pipeline.factory_train import FactoryJob, pool_images
+
+    assert FactoryJob().pool_samples == FACTORY_POOL_SAMPLES
+    first = pool_images(1597, 0, 600)
+    assert len(set(first.tolist())) == 600 and first.max() < 1597
+    assert (pool_images(1597, 0, 600) == first).all() and not (pool_images(1597, 1, 600) == first).all()

@@ -21,6 +21,7 @@ from edgefab.data import Dataset
 from edgefab.data.tasks import Task, apply_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.customize import CustomizeOptions, customize, latency_range
+from edgefab.factory.space import FactorySpace
 from edgefab.factory.store import SHIPPED, Factory, load_factory
 from edgefab.factory.train import dataset_fingerprint
 from edgefab.pipeline.common import Progress
@@ -67,13 +68,12 @@ def _mismatch(factory: Factory, data: Dataset) -> str | None:
     return None
 
 
-def factory_layers(factory: Factory) -> tuple[list[Layer], list]:
-    """Every distinct layer any sub-network can have, and a few random sub-networks' specs.
+def space_layers(space: FactorySpace, classes: int) -> tuple[list[Layer], list]:
+    """Every distinct layer any sub-network of ``space`` can have, and a few random sub-networks' specs.
 
     A layer's shape depends on its op, its stage's width and the previous stage's width; skipping
     keeps shapes. So every op on every slot, under every combination of stage widths, covers them.
     """
-    space, classes = factory.space, len(factory.classes)
     searchable = space.space.searchable()
     layers: dict[str, Layer] = {}
     for widths in np.array(np.meshgrid(*space.widths, indexing="ij")).reshape(len(space.widths), -1).T:
@@ -88,13 +88,20 @@ def factory_layers(factory: Factory) -> tuple[list[Layer], list]:
 
 def factory_latency_model(target: Target, factory: Factory, progress: Progress) -> LatencyModel:
     """The target's latency model, with the factory's layers measured first where it is this machine."""
+    return space_latency_model(target, factory.space, len(factory.classes), progress)
+
+
+def space_latency_model(
+    target: Target, space: FactorySpace, classes: int, progress: Progress
+) -> LatencyModel:
+    """The target's latency model, with the space's layers measured first where it is this machine."""
     model = latency_model(target)
     if not (target.runs_here and model.measure is not None):
         return model
     from edgefab.targets.measured import MeasuredTable, resolve_threads, table_path
     from edgefab.targets.profiling import profile_layers
 
-    layers, specs = factory_layers(factory)
+    layers, specs = space_layers(space, classes)
     path = table_path(target, "onnxruntime", resolve_threads(target, None))
     saved = MeasuredTable.load(path).layers if path.is_file() else {}
     missing = [layer for layer in layers if layer.key() not in saved]

@@ -1,8 +1,9 @@
 """``edgefab factory train``: data -> a factory folder (supernet + assembler), written atomically.
 
 1. the modular supernet is trained with the sandwich rule (:mod:`edgefab.factory.supertrain`);
-2. a pool of sub-networks (the smallest, the largest and random ones) is scored on validation
-   data with recalibrated batch norms, and costed with the latency models of ``assembler_targets``;
+2. a pool of sub-networks spread over the latency range (the smallest, the largest and random ones
+   between them) is scored on validation data with recalibrated batch norms, and costed with the
+   latency models of ``assembler_targets``;
 3. the assembler is trained on sampled (task, budget, target) scenarios over that pool.
 
 Started by ``torchrun``, step 1 runs in every process and rank 0 does the rest and writes.
@@ -25,14 +26,15 @@ from edgefab.data.tasks import all_classes
 from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import AssemblerConfig, train_assembler
 from edgefab.factory.scoring import all_class_logits, subnetwork, task_accuracy
-from edgefab.factory.space import factory_space, space_for_shape
+from edgefab.factory.space import FactorySpace, ModuleSelection, factory_space, space_for_shape
 from edgefab.factory.store import META_FILE, Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
 from edgefab.factory.supertrain import SupernetTrainConfig, init_distributed, train_supernet, world
 from edgefab.factory.train import dataset_fingerprint
 from edgefab.pipeline.common import Progress, SilentProgress
+from edgefab.pipeline.factory_build import space_latency_model
 from edgefab.runtime.package import staged_folder
-from edgefab.targets.latency import latency_model
+from edgefab.targets import Target, load_target
 
 ASSEMBLER_TARGETS = ("pixel", "note10")
 
@@ -47,7 +49,8 @@ class FactoryJob:
     epochs: int = 20
     random_subnets: int = 2
     pool: int = 192
-    pool_samples: int = 600  # validation images each pool member is scored on
+    pool_samples: int = 1000  # validation images each pool member is scored on (of 1597 for digits)
+    assembler_targets: tuple[str, ...] = ASSEMBLER_TARGETS  # latency models whose budgets it learns
     assembler_steps: int = 1500
     seed: int = 0
     train_samples: int | None = None  # a subset, for quick runs and tests
@@ -56,6 +59,7 @@ class FactoryJob:
 def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
     """Train and write the factory folder ``job.out``; returns it and its ``factory.json``."""
     progress = progress or SilentProgress()
+    targets = [load_target(name) for name in job.assembler_targets]  # a bad name fails before training
     out = Path(job.out)
     if out.exists() and not (out / META_FILE).is_file():
         raise EdgefabError(f"{out} exists and is not a factory folder; remove it or choose another --out")
@@ -78,7 +82,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
     seconds = train_supernet(supernet, train, prep, config, progress.advance)
     if rank != 0:
         return out, {}
-    sections = pool_and_assembler(supernet, train, val, prep, job, progress)
+    sections = pool_and_assembler(supernet, train, val, prep, job, targets, progress)
     assembler = sections.pop("model")
     meta = {
         "edgefab": edgefab.__version__,
@@ -111,6 +115,8 @@ def assemble_factory(
     kept): on the data, split and seed it was trained with, with ``job``'s pool settings (its data,
     space, epochs and seed are ignored). As ``train_factory`` would with today's code, in minutes."""
     progress = progress or SilentProgress()
+    job = job or FactoryJob()
+    targets = [load_target(name) for name in job.assembler_targets]  # a bad name fails before the scoring
     factory = load_factory(path)
     meta, info = factory.meta, factory.meta["data"]
     progress.stage(f"loading data {info['spec']}")
@@ -122,8 +128,8 @@ def assemble_factory(
     train, val = train_val_split(data, seed=seed)
     if info["train_samples"] < len(train):
         train = train.subset(np.random.default_rng(seed).permutation(len(train))[: info["train_samples"]])
-    job = replace(job or FactoryJob(), seed=meta["training"]["seed"])
-    sections = pool_and_assembler(factory.supernet, train, val, factory.prep, job, progress)
+    job = replace(job, seed=meta["training"]["seed"])
+    sections = pool_and_assembler(factory.supernet, train, val, factory.prep, job, targets, progress)
     assembler = sections.pop("model")
     meta = {**meta, "edgefab": edgefab.__version__, **sections}
     progress.stage(f"writing {path}")
@@ -132,18 +138,20 @@ def assemble_factory(
     return Path(path), load_factory(path).meta
 
 
-def pool_and_assembler(supernet, train, val, prep, job: FactoryJob, progress: Progress) -> dict[str, Any]:
-    """Steps 2 and 3: score and cost the pool, train the assembler on it. Returns the ``model`` and
-    factory.json's ``pool`` and ``assembler`` sections."""
+def pool_and_assembler(
+    supernet, train, val, prep, job: FactoryJob, targets: list[Target], progress: Progress
+) -> dict[str, Any]:
+    """Steps 2 and 3: score the pool, cost it on ``targets`` (``job.assembler_targets`` loaded), train
+    the assembler on it. Returns the ``model`` and factory.json's ``pool`` and ``assembler`` sections."""
     start = time.perf_counter()
     fspace, num_classes = supernet.fspace, supernet.num_classes
-    val_sample = val.subset(np.random.default_rng(job.seed).permutation(len(val))[: job.pool_samples])
+    val_sample = val.subset(pool_images(len(val), job.seed, job.pool_samples))
     pool, logits = score_pool(supernet, train, val_sample, prep, job.pool, job.seed, progress)
-    progress.stage(f"costing the pool on {', '.join(ASSEMBLER_TARGETS)}")
-    latencies = {
-        name: np.array([latency_model(name).total_ms(fspace.arch(s, num_classes)) for s in pool])
-        for name in ASSEMBLER_TARGETS
-    }
+    progress.stage(f"costing the pool on {', '.join(job.assembler_targets)}")
+    latencies = {}
+    for name, target in zip(job.assembler_targets, targets, strict=True):
+        model = space_latency_model(target, fspace, num_classes, progress)
+        latencies[name] = np.array([model.total_ms(fspace.arch(s, num_classes)) for s in pool])
     progress.stage(f"training the assembler ({job.assembler_steps} steps)")
     config = AssemblerConfig(steps=job.assembler_steps, seed=job.seed)
     assembler, summary = train_assembler(fspace, pool, logits, val_sample.labels, latencies, config)
@@ -159,15 +167,37 @@ def pool_and_assembler(supernet, train, val, prep, job: FactoryJob, progress: Pr
     return {"model": assembler, "pool": pool_meta, "assembler": summary}
 
 
+def pool_images(val_size: int, seed: int, count: int) -> np.ndarray:
+    """Indices of the validation images a factory's pool is scored on (``pool.scored_on`` of them,
+    from the training seed), so that a benchmark can judge picks on images the assembler never saw."""
+    return np.random.default_rng(seed).permutation(val_size)[:count]
+
+
+def pool_member(fspace: FactorySpace, rng: np.random.Generator) -> ModuleSelection:
+    """A sub-network at a random distance from the smallest or the largest: k of its decisions
+    redrawn at random, k uniform from none to all.
+
+    Uniform sampling would put almost the whole pool in the middle of the latency range (on the
+    digits space under 1 % of sub-networks lie in its fastest third), so the assembler would have
+    nothing but the smallest network to learn from at tight budgets; this covers the range evenly.
+    """
+    end = fspace.smallest() if rng.random() < 0.5 else fspace.largest()
+    values, decisions = list(fspace.values(end)), fspace.decisions()
+    for d in rng.permutation(len(decisions))[: rng.integers(len(decisions) + 1)]:
+        options = decisions[d][1]
+        values[d] = options[rng.integers(len(options))]
+    return fspace.selection(values)
+
+
 def score_pool(supernet, train, val, prep, count: int, seed: int, progress: Progress):
-    """The smallest, the largest and ``count - 2`` random sub-networks, with their all-class logits
-    on ``val`` (pool, samples, classes)."""
+    """The smallest, the largest and ``count - 2`` sub-networks between them (:func:`pool_member`),
+    with their all-class logits on ``val`` (pool, samples, classes)."""
     fspace = supernet.fspace
     rng = np.random.default_rng(seed + 1)
     pool = [fspace.smallest(), fspace.largest()]
     seen = {fspace.smallest(), fspace.largest()}
     while len(pool) < count:
-        selection = fspace.sample(rng)
+        selection = pool_member(fspace, rng)
         if selection not in seen:
             seen.add(selection)
             pool.append(selection)
