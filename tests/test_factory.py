@@ -191,6 +191,27 @@ def test_candidates_ranked_by_latency_use_the_budget(tiny_factory):
         customize(factory, task, model, budget, None, None, CustomizeOptions(rank="size"))
 
 
+def test_measured_check_on_host_scales_by_a_reference(tiny_factory, digits):
+    """On this machine the pick is timed beside the smallest sub-network and judged at the latency
+    table's speed, so a machine that is slow just now does not push the pick below the budget."""
+    from edgefab.pipeline.common import SilentProgress
+    from edgefab.pipeline.factory_build import factory_latency_model, meet_measured_budget
+    from edgefab.targets import load_target
+
+    train, val = digits
+    factory = load_factory(tiny_factory[0])
+    model = factory_latency_model(load_target("host"), factory, SilentProgress())
+    budget = (lambda lo, hi: (lo * hi) ** 0.5)(*latency_range(factory, model))
+    task = parse_task("all", DIGITS)
+    options = CustomizeOptions(scored=2, val_samples=100, head_samples=200)
+    chosen = customize(factory, task, model, budget, train, val, options)
+    final, checks = meet_measured_budget(factory, task, model, budget, train, val, options, chosen)
+    last = checks[-1]
+    assert last["scaled_ms"] <= budget and final.predicted_ms <= last["limit_ms"] + 1e-4  # rounded to 4 places
+    expected = last["measured_ms"] * last["reference_predicted_ms"] / last["reference_measured_ms"]
+    assert last["scaled_ms"] == pytest.approx(expected, rel=1e-2)
+
+
 def test_group_head_exports_and_quantizes(tiny_factory, tmp_path):
     """A grouping read from the all-class classifier: group log-probabilities whose argmax is the
     log-sum-exp grouping's, and an ONNX graph that ONNX Runtime runs and its quantizer can prepare."""
