@@ -207,7 +207,7 @@ def test_measured_check_on_host_scales_by_a_reference(tiny_factory, digits):
     chosen = customize(factory, task, model, budget, train, val, options)
     final, checks = meet_measured_budget(factory, task, model, budget, train, val, options, chosen)
     last = checks[-1]
-    assert last["scaled_ms"] <= budget and final.predicted_ms <= last["limit_ms"] + 1e-4  # rounded to 4 places
+    assert last["scaled_ms"] <= budget and final.predicted_ms <= last["limit_ms"] + 1e-4  # 4 places
     expected = last["measured_ms"] * last["reference_predicted_ms"] / last["reference_measured_ms"]
     assert last["scaled_ms"] == pytest.approx(expected, rel=1e-2)
 
