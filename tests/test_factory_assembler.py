@@ -102,3 +102,17 @@ def test_pool_images_are_the_scored_ones_and_the_cli_default_agrees():
     first = pool_images(1597, 0, 600)
     assert len(set(first.tolist())) == 600 and first.max() < 1597
     assert (pool_images(1597, 0, 600) == first).all() and not (pool_images(1597, 1, 600) == first).all()
+
+
+def test_pool_members_cover_the_tight_budgets():
+    """The pool reaches the fastest third of the latency range, where uniform sampling puts under
+    1 % of sub-networks, so the assembler has something to learn there."""
+    from edgefab.pipeline.factory_train import pool_member
+    from edgefab.targets.latency import latency_model
+
+    space, model = FACTORY_SPACES["digits-28"], latency_model("pixel")
+    cost = lambda s: np.log(model.total_ms(space.arch(s, 10)))  # noqa: E731
+    low, high = cost(space.smallest()), cost(space.largest())
+    rng = np.random.default_rng(0)
+    position = np.array([(cost(pool_member(space, rng)) - low) / (high - low) for _ in range(100)])
+    assert (position < 1 / 3).sum() >= 15 and (position > 2 / 3).sum() >= 15
