@@ -11,7 +11,17 @@ from edgefab.console import RichProgress, emit, key_value_table, user_errors
 
 # FactoryJob's defaults, kept here so that --help needs no torch import
 FACTORY_POOL_SAMPLES = 1000
-FACTORY_ASSEMBLER_TARGETS = ("pixel", "note10")
+FACTORY_ASSEMBLER_TARGETS = "pixel,note10"
+
+# options that `train` and `assemble` share (the pool and the assembler's latency targets)
+PoolOption = Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")]
+PoolSamplesOption = Annotated[
+    int, typer.Option(min=1, help="Validation images each pool member is scored on.")
+]
+TargetsOption = Annotated[
+    str,
+    typer.Option("--targets", help="Targets (comma-separated) whose latency budgets the assembler learns."),
+]
 
 factory_app = typer.Typer(
     help="NN-Factory: a pretrained modular supernet and its module assembler.", no_args_is_help=True
@@ -66,16 +76,9 @@ def train(
         str | None, typer.Option(help="Factory space (default: the one for the data's image shape).")
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 20,
-    pool: Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")] = 192,
-    pool_samples: Annotated[
-        int, typer.Option(min=1, help="Validation images each pool member is scored on.")
-    ] = FACTORY_POOL_SAMPLES,
-    assembler_targets: Annotated[
-        str,
-        typer.Option(
-            "--targets", help="Targets (comma-separated) whose latency budgets the assembler learns."
-        ),
-    ] = ",".join(FACTORY_ASSEMBLER_TARGETS),
+    pool: PoolOption = 192,
+    pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
+    assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
     seed: Annotated[int, typer.Option(help="Seed of the split, initialisation, sampling.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -100,16 +103,9 @@ def train(
 @user_errors
 def assemble(
     path: Annotated[Path, typer.Argument(help="Factory folder whose assembler to retrain (in place).")],
-    pool: Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")] = 192,
-    pool_samples: Annotated[
-        int, typer.Option(min=1, help="Validation images each pool member is scored on.")
-    ] = FACTORY_POOL_SAMPLES,
-    assembler_targets: Annotated[
-        str,
-        typer.Option(
-            "--targets", help="Targets (comma-separated) whose latency budgets the assembler learns."
-        ),
-    ] = ",".join(FACTORY_ASSEMBLER_TARGETS),
+    pool: PoolOption = 192,
+    pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
+    assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
     steps: Annotated[int, typer.Option(min=1, help="Assembler training steps.")] = 1500,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

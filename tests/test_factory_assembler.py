@@ -95,10 +95,11 @@ def test_assemble_for_the_host_target(tiny_factory, tmp_path):
 
 def test_pool_images_are_the_scored_ones_and_the_cli_default_agrees():
     """A benchmark finds the images a pool was scored on from the factory's seed and count alone."""
-    from edgefab.factory_cli import FACTORY_POOL_SAMPLES
+    from edgefab.factory_cli import FACTORY_ASSEMBLER_TARGETS, FACTORY_POOL_SAMPLES
     from edgefab.pipeline.factory_train import FactoryJob, pool_images
 
     assert FactoryJob().pool_samples == FACTORY_POOL_SAMPLES
+    assert ",".join(FactoryJob().assembler_targets) == FACTORY_ASSEMBLER_TARGETS
     first = pool_images(1597, 0, 600)
     assert len(set(first.tolist())) == 600 and first.max() < 1597
     assert (pool_images(1597, 0, 600) == first).all() and not (pool_images(1597, 1, 600) == first).all()
