@@ -6,8 +6,9 @@
    assembler's most probable with ``rank="probability"``) are scored on the task's validation data
    with inherited weights and recalibrated batch norms; the best is kept. Ranking by probability
    left half the budget unused at mid budgets: the assembler's distribution is a product of
-   per-decision marginals, and its most probable joint choices gather at the cheap options;
-   ranking by latency gained 0.2 point of held-out accuracy on average (BENCHMARKS.md);
+   per-decision marginals, and its most probable joint choices gather at the cheap options; with
+   the same assembler, ranking by latency raised the pick's held-out accuracy by 0.2 point on
+   average (BENCHMARKS.md, factory part (c), rows D and F);
 4. its task module is fitted: a linear head on the shared features, fitted to the task's training
    data (a few hundred L-BFGS steps), or the inherited classifier where it scores at least as well
    on the validation data: for a plain subset its class rows, for a grouping the whole all-class

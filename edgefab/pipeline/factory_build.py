@@ -21,6 +21,7 @@ from edgefab.data import Dataset
 from edgefab.data.tasks import Task, apply_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.customize import CustomizeOptions, customize, latency_range
+from edgefab.factory.scoring import subnetwork
 from edgefab.factory.space import FactorySpace
 from edgefab.factory.store import SHIPPED, Factory, load_factory
 from edgefab.factory.train import dataset_fingerprint
@@ -179,14 +180,11 @@ def meet_measured_budget(
     smallest sub-network, and its time is scaled by the reference's predicted / measured ms: the
     candidate's latency at the speed the latency table was measured at. The check then asks whether
     the table is wrong about the candidate, not whether the machine is slow just now."""
-    from edgefab.factory.scoring import subnetwork
-
     limit, checks = budget_ms, []
     smallest, _ = latency_range(factory, model)
-    classes = len(factory.classes)
-    reference_spec = factory.space.arch(factory.space.smallest(), classes)
+    reference_ms = smallest  # the reference is the smallest sub-network; this is its prediction
+    reference_spec = factory.space.arch(factory.space.smallest(), len(factory.classes))
     reference = subnetwork(factory.supernet, factory.space.smallest(), train, factory.prep)
-    reference_ms = model.total_ms(reference_spec)
     for _ in range(tries):
         measured, reference_measured = measure_networks(
             [(chosen.network, chosen.spec), (reference, reference_spec)], model.target
