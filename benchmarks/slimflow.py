@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--anneal-steps", type=int, default=1500)
     parser.add_argument("--schedule", default="linear")
     parser.add_argument("--distill-steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64, help="pairs per step of both stages")
     parser.add_argument("--distill-lr", type=float, default=DISTILL_LR)
     parser.add_argument("--guide-weight", type=float, default=DistillOptions.guide_weight)
     parser.add_argument(
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--many-steps", type=int, default=32)
     parser.add_argument("--no-rk45", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda or auto")
+    parser.add_argument("--no-report", action="store_true", help="train only (e.g. on a GPU machine)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     log, seconds = Log(), {}
@@ -115,14 +118,18 @@ def main() -> None:
     if teacher is None:
         start = time.perf_counter()
         options = TeacherOptions(
-            out=args.work / "teacher", optim=OptimOptions(args.teacher_steps, seed=args.seed)
+            out=args.work / "teacher",
+            optim=OptimOptions(args.teacher_steps, seed=args.seed),
+            device=args.device,
         )
         teacher, _ = train_teacher(options, log)
         seconds["teacher"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    anneal = AnnealOptions(OptimOptions(args.reflow_steps, seed=args.seed), args.anneal_steps, args.schedule)
+    anneal = AnnealOptions(
+        OptimOptions(args.reflow_steps, args.batch_size, seed=args.seed), args.anneal_steps, args.schedule
+    )
     distill = DistillOptions(
-        OptimOptions(args.distill_steps, lr=args.distill_lr, warmup=50, seed=args.seed),
+        OptimOptions(args.distill_steps, args.batch_size, lr=args.distill_lr, warmup=50, seed=args.seed),
         args.guide_weight,
         loss=args.loss,
     )
@@ -137,9 +144,13 @@ def main() -> None:
         distill,
         0,
         args.seed,
+        device=args.device,
     )
     path, summary = slim(options, log)
     seconds["slim"] = round(time.perf_counter() - start, 1)
+    if args.no_report:
+        print(json.dumps({"seconds": seconds, "slim_seconds": summary["seconds"]}))
+        return
     start = time.perf_counter()
     report = flow_report(ReportOptions(path, args.samples, args.many_steps, not args.no_rk45), log)
     seconds["report"] = round(time.perf_counter() - start, 1)

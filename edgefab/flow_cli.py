@@ -17,6 +17,9 @@ flow_app = typer.Typer(
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")]
 ThreadsOption = Annotated[int, typer.Option(min=1, help="Torch threads (1 is fastest on a shared machine).")]
+DeviceOption = Annotated[
+    str, typer.Option(help="Where to train: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N.")
+]
 
 
 def _fd(value: float | None) -> str:
@@ -39,6 +42,7 @@ def train(
     grid_steps: Annotated[int, typer.Option("--grid-steps", min=1, help="Euler steps of samples.png.")] = 32,
     seed: SeedOption = 0,
     threads: ThreadsOption = 1,
+    device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Train a rectified-flow teacher (velocity UNet; sample with Euler or RK45)."""
@@ -52,6 +56,7 @@ def train(
         optim=OptimOptions(steps, batch_size, lr, seed=seed),
         grid_steps=grid_steps,
         threads=threads,
+        device=device,
     )
     with RichProgress(enabled=not as_json) as progress:
         path, summary = train_teacher(options, progress)
@@ -63,7 +68,11 @@ def train(
             f"{summary['data']['name']}: {summary['data']['count']} images {summary['data']['image_shape']}",
         ),
         ("parameters", f"{summary['parameters']:,} (width {width:g})"),
-        ("training", f"{training['steps']} steps x {training['batch_size']} in {training['seconds']:.0f} s"),
+        (
+            "training",
+            f"{training['steps']} steps x {training['batch_size']} in {training['seconds']:.0f} s "
+            f"on {training['device']}",
+        ),
         ("loss (first / last 100 steps)", f"{training['loss_first_100']} / {training['loss_last_100']}"),
         ("samples", f"{path / 'samples.png'} ({summary['grid']['solver']}); real: {path / 'real.png'}"),
     ]
@@ -120,6 +129,7 @@ def slim(
     ] = 1000,
     seed: SeedOption = 0,
     threads: ThreadsOption = 1,
+    device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """SlimFlow: annealing reflow of a smaller student, then flow-guided distillation to one step."""
@@ -142,7 +152,7 @@ def slim(
         loss=loss,
     )
     options = SlimOptions(
-        teacher, out, width, first_width, pairs, solver, anneal, distill, eval_samples, seed, threads
+        teacher, out, width, first_width, pairs, solver, anneal, distill, eval_samples, seed, threads, device
     )
     with RichProgress(enabled=not as_json) as progress:
         path, summary = run_slim(options, progress)
@@ -172,7 +182,8 @@ def slim_rows(path: Path, summary: dict[str, Any]) -> list[tuple[str, Any]]:
         (
             "annealing reflow",
             f"{reflow['steps']} steps, b 1 -> 0 over {reflow['anneal_steps']} ({reflow['schedule']}), "
-            f"flip {'on' if reflow['flip'] else 'off'}, {seconds['annealing_reflow']:.0f} s",
+            f"flip {'on' if reflow['flip'] else 'off'}, {seconds['annealing_reflow']:.0f} s "
+            f"on {summary.get('device', 'cpu')}",
         ),
         (
             "distillation",

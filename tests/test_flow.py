@@ -175,6 +175,7 @@ def test_slim_checkpoint_holds_a_smaller_student_and_scores(tiny_teacher, tiny_s
     assert (
         meta["distillation"]["t_range"] == [0.2, 0.8] and "pseudo-Huber" in meta["distillation"]["distance"]
     )
+    assert meta["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto, resolved
     pairs = Pairs.load(tiny_slim / "pairs.npz")
     assert pairs.noise.shape == (32, 1, 8, 8) and pairs.solver == "euler:2"
     for grid in ("one_step.png", "two_flow.png"):
@@ -300,6 +301,15 @@ def test_width_that_does_not_divide_the_channels_is_refused_before_work(tiny_tea
         ["flow", "slim", str(tiny_teacher), "--width", "0.3", "--out", str(tmp_path / "s")], "does not divide"
     )
     _fails(["flow", "train", "--width", "0.3", "--out", str(tmp_path / "t")], "does not divide")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
+
+
+def test_unknown_or_absent_device_is_refused_before_work(tiny_teacher, tmp_path):
+    import torch
+
+    _fails(["flow", "slim", str(tiny_teacher), "--device", "tpu", "--out", str(tmp_path / "s")], "--device")
+    if not torch.cuda.is_available():
+        _fails(["flow", "train", "--device", "cuda", "--out", str(tmp_path / "t")], "no CUDA GPU", "cpu")
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
 
 

@@ -6,9 +6,10 @@ largest's softened predictions, and applies the summed gradients. Afterwards any
 needs its batch norms recalibrated.
 
 Many processes: start the same command with ``torchrun --nproc_per_node N``. Each process takes
-its shard of every batch and gradients are averaged with ``torch.distributed.all_reduce`` (gloo
-on CPU, NCCL on GPU); random sub-networks are drawn from the same seeded generator on every rank,
-so all ranks train the same sub-networks in a step.
+its shard of every batch and gradients are averaged with ``torch.distributed.all_reduce`` over
+gloo (the supernet trains on CPU tensors, also on a machine with GPUs; training it on GPUs is not
+built yet). Random sub-networks are drawn from the same seeded generator on every rank, so all
+ranks train the same sub-networks in a step.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def world() -> tuple[int, int]:
 def init_distributed() -> None:
     """Join the process group when started by ``torchrun`` (it sets ``WORLD_SIZE``)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # gloo, not NCCL, even where CUDA is there: the gradients are CPU tensors, which NCCL refuses
+        dist.init_process_group("gloo")
 
 
 def train_supernet(

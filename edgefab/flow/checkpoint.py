@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from edgefab.devices import model_device
 from edgefab.errors import EdgefabError
 from edgefab.flow.unet import UNetConfig, VelocityUNet
 from edgefab.runtime.package import sha256_file, staged_folder
@@ -64,7 +65,7 @@ def save_checkpoint(
         entries = {}
         for name, model in models.items():
             file = f"{name}.safetensors"
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / file))
+            save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()}, str(staging / file))
             (staging / file).chmod(0o644)  # safetensors writes owner-only files; checkpoints are shared data
             entries[name] = {
                 "file": file,
@@ -146,8 +147,8 @@ def load_any(path: Path) -> FlowCheckpoint:
 
 
 def clone_weights(source: VelocityUNet) -> VelocityUNet:
-    """A new model with ``source``'s config and a copy of its weights, trainable."""
-    model = VelocityUNet(source.config)
+    """A new model with ``source``'s config and a copy of its weights, on its device, trainable."""
+    model = VelocityUNet(source.config).to(model_device(source))
     model.load_state_dict({k: v.clone() for k, v in source.state_dict().items()})
     return model.requires_grad_(True)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgefab.devices import model_device
 from edgefab.errors import EdgefabError
 from edgefab.flow.checkpoint import clone_weights
 from edgefab.flow.data import random_flip
@@ -87,17 +88,20 @@ def flow_guided_distill(
     distance = distance or pseudo_huber
     student = clone_weights(two_flow)
     guide = clone_weights(two_flow).eval().requires_grad_(False)
+    device = model_device(two_flow)
 
     def loss(step: int, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pairs.noise), (options.optim.batch_size,), generator=generator)
         z, x = pairs.noise[index], pairs.images[index]
         if options.flip:
             z, x = random_flip(z, x, generator=generator)
-        zeros = torch.zeros(len(z))
+        z, x = z.to(device), x.to(device)
+        zeros = torch.zeros(len(z), device=device)
         velocity = student(z, zeros)
         one_step = z + velocity
         with torch.no_grad():
-            t = options.t_low + (options.t_high - options.t_low) * torch.rand(len(z), generator=generator)
+            t = torch.rand(len(z), generator=generator).to(device)
+            t = options.t_low + (options.t_high - options.t_low) * t
             jump = z + t[:, None, None, None] * velocity
             target = jump + (1 - t)[:, None, None, None] * guide(jump, t)
         return distance(one_step, x) + options.guide_weight * distance(one_step, target)

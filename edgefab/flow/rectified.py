@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgefab.devices import model_device
+
 SAMPLE_BATCH = 256
 
 
@@ -38,8 +40,9 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Te
 
 
 def velocity_loss(model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, generator: torch.Generator):
-    """Mean squared error of v(x_t, t) against x1 - x0 at uniform random t."""
-    t = torch.rand(len(x0), generator=generator)
+    """Mean squared error of v(x_t, t) against x1 - x0 at uniform random t (drawn on the CPU's
+    ``generator``, then moved to the images' device)."""
+    t = torch.rand(len(x0), generator=generator).to(x0.device)
     return (model(interpolate(x0, x1, t), t) - (x1 - x0)).pow(2).mean()
 
 
@@ -56,6 +59,7 @@ def optimize(
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, options))
     model.train()
+    averaged, current = list(ema.parameters()), list(model.parameters())
     losses = []
     for step in range(options.steps):
         loss = loss_fn(step, generator)
@@ -65,14 +69,13 @@ def optimize(
         optimizer.step()
         schedule.step()
         decay = min(options.ema_decay, (1 + step) / (10 + step))  # short runs: the EMA must not lag
-        with torch.no_grad():
-            for averaged, current in zip(ema.parameters(), model.parameters(), strict=True):
-                averaged.lerp_(current, 1 - decay)
-        losses.append(float(loss.detach()))
+        with torch.no_grad():  # one fused update of all weights (one kernel per tensor costs a GPU dearly)
+            torch._foreach_lerp_(averaged, current, 1 - decay)
+        losses.append(loss.detach())  # no float() here: it would wait for a GPU every step
         if on_step:
             on_step(step + 1, options.steps)
     model.eval()
-    return ema, losses
+    return ema, torch.stack(losses).cpu().tolist() if losses else []
 
 
 def _lr_factor(step: int, options: OptimOptions) -> float:
@@ -84,15 +87,17 @@ def _lr_factor(step: int, options: OptimOptions) -> float:
 
 @torch.no_grad()
 def euler_sample(model: nn.Module, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrate from t = 0 to 1 in ``steps`` equal Euler steps (1 step: x0 + v(x0, 0))."""
+    """Integrate from t = 0 to 1 in ``steps`` equal Euler steps (1 step: x0 + v(x0, 0)); the
+    samples come back on the CPU, whatever ``model``'s device."""
     model.eval()
+    device = model_device(model)
     out = []
     for chunk in noise.split(SAMPLE_BATCH):
-        x = chunk.clone()
+        x = chunk.to(device)
         for i in range(steps):
-            t = torch.full((len(x),), i / steps)
+            t = torch.full((len(x),), i / steps, device=device)
             x = x + model(x, t) / steps
-        out.append(x)
+        out.append(x.cpu())
     return torch.cat(out)
 
 
@@ -102,13 +107,15 @@ def rk45_sample(model: nn.Module, noise: torch.Tensor, rtol: float = 1e-3, atol:
     from scipy.integrate import solve_ivp
 
     model.eval()
+    device = model_device(model)
     out, evaluations = [], []
     for chunk in noise.split(SAMPLE_BATCH):
         shape = chunk.shape
 
         def field(t: float, y: np.ndarray, shape=shape) -> np.ndarray:
-            x = torch.from_numpy(y.astype(np.float32)).reshape(shape)
-            return model(x, torch.full((shape[0],), float(t))).reshape(-1).double().numpy()
+            x = torch.from_numpy(y.astype(np.float32)).reshape(shape).to(device)
+            velocity = model(x, torch.full((shape[0],), float(t), device=device))
+            return velocity.reshape(-1).double().cpu().numpy()
 
         solution = solve_ivp(
             field, (0.0, 1.0), chunk.reshape(-1).double().numpy(), "RK45", rtol=rtol, atol=atol

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgefab.devices import model_device
 from edgefab.errors import EdgefabError
 from edgefab.flow.data import random_flip
 from edgefab.flow.rectified import SAMPLE_BATCH, OptimOptions, noise_like, optimize, sample, velocity_loss
@@ -136,8 +137,10 @@ def annealing_reflow(
     options: AnnealOptions,
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[nn.Module, list[float]]:
-    """Train ``student`` (randomly initialised) on ``pairs`` with annealed noise; returns its EMA."""
+    """Train ``student`` (randomly initialised, on any device; ``pairs`` stay on the CPU) on
+    ``pairs`` with annealed noise; returns its EMA."""
     anneal_beta(0, options.anneal_steps, options.schedule)  # refuse an unknown schedule before training
+    device = model_device(student)
 
     def loss(step: int, generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pairs.noise), (options.optim.batch_size,), generator=generator)
@@ -145,6 +148,6 @@ def annealing_reflow(
         if options.flip:
             z, x = random_flip(z, x, generator=generator)
         x0 = annealed_noise(z, anneal_beta(step, options.anneal_steps, options.schedule), generator)
-        return velocity_loss(student, x0, x, generator)
+        return velocity_loss(student, x0.to(device), x.to(device), generator)
 
     return optimize(student, loss, options.optim, on_step)

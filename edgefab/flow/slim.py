@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from edgefab.devices import resolve_device
 from edgefab.errors import EdgefabError
 from edgefab.flow.checkpoint import (
     SLIMFLOW,
@@ -70,12 +71,14 @@ class SlimOptions:
     eval_samples: int = 1000  # per set for the Frechet distance (0: skip scoring)
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (edgefab.devices); scoring runs on the CPU
 
 
 def slim(options: SlimOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
     """Run SlimFlow on ``options.teacher``; returns (checkpoint folder, summary)."""
     teacher_ckpt = load_checkpoint(options.teacher, TEACHER, "flow slim")
-    teacher = teacher_ckpt.models["velocity"]
+    device = resolve_device(options.device)
+    teacher = teacher_ckpt.models["velocity"].to(device)
     config = student_config(teacher.config, options.width, options.first_width)  # checked before any work
     solver, solver_steps = parse_solver(options.solver)
     check_checkpoint_folder(options.out)
@@ -87,7 +90,7 @@ def slim(options: SlimOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
     seconds: dict[str, float] = {}
     data = load_flow_data(teacher_ckpt.meta["data"]["spec"])
     with torch_threads(options.threads), tempfile.TemporaryDirectory(prefix="edgefab-slim-") as work:
-        distance, perceptual = _distance(data, options, progress)  # data without classes fails first
+        distance, perceptual = _distance(data, options, device, progress)  # data without classes fails first
         progress.stage(f"reflow pairs: {options.pairs} teacher samples ({options.solver})")
         start = time.perf_counter()
         image_shape = tuple(teacher.config.image_shape)
@@ -95,7 +98,7 @@ def slim(options: SlimOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
             teacher, options.pairs, image_shape, solver, solver_steps, options.seed, progress.advance
         )
         seconds["pairs"] = time.perf_counter() - start
-        two_flow, reflow_losses = _anneal(config, pairs, options, progress, seconds)
+        two_flow, reflow_losses = _anneal(config, pairs, options, device, progress, seconds)
         distill = options.distill
         progress.stage(f"flow-guided distillation ({distill.optim.steps} steps, {distill.loss})")
         start = time.perf_counter()
@@ -103,6 +106,7 @@ def slim(options: SlimOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
             two_flow, pairs, options.distill, progress.advance, distance
         )
         seconds["distill"] = time.perf_counter() - start
+        two_flow, one_step, teacher = two_flow.cpu(), one_step.cpu(), teacher.cpu()
         scores = _score(data, {"two_flow": two_flow, "one_step": one_step}, options, progress)
         progress.stage(f"writing {options.out}")
         extra = {PAIRS_FILE: pairs.save(Path(work) / PAIRS_FILE)}
@@ -114,6 +118,7 @@ def slim(options: SlimOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
             options, teacher_ckpt, teacher, one_step, pairs, seconds, scores, reflow_losses, distill_losses
         )
         summary["distillation"]["perceptual"] = perceptual
+        summary["device"] = str(device)
         path = save_checkpoint(
             options.out, SLIMFLOW, {"two_flow": two_flow, "one_step": one_step}, summary, extra
         )
@@ -133,20 +138,24 @@ def student_config(teacher: UNetConfig, width: float, first_width: float) -> UNe
     return UNetConfig(teacher.image_shape, channels, 1.0)
 
 
-def _anneal(config: UNetConfig, pairs: Pairs, options: SlimOptions, progress: Any, seconds: dict) -> tuple:
+def _anneal(
+    config: UNetConfig, pairs: Pairs, options: SlimOptions, device: torch.device, progress: Any, seconds: dict
+) -> tuple:
     progress.stage(
         f"annealing reflow: {list(config.channels)}-channel student, {options.anneal.optim.steps} steps "
-        f"(b 1 -> 0 over {options.anneal.anneal_steps}, {options.anneal.schedule})"
+        f"(b 1 -> 0 over {options.anneal.anneal_steps}, {options.anneal.schedule}, {device})"
     )
     start = time.perf_counter()
     torch.manual_seed(options.seed + 1)
-    student = VelocityUNet(config)  # random initialisation, as SlimFlow's students
+    student = VelocityUNet(config).to(device)  # random initialisation, as SlimFlow's students
     two_flow, losses = annealing_reflow(student, pairs, options.anneal, progress.advance)
     seconds["annealing_reflow"] = time.perf_counter() - start
     return two_flow, losses
 
 
-def _distance(data: FlowData, options: SlimOptions, progress: Any) -> tuple[Any, dict[str, Any] | None]:
+def _distance(
+    data: FlowData, options: SlimOptions, device: torch.device, progress: Any
+) -> tuple[Any, dict[str, Any] | None]:
     """The distillation distance, and what its perceptual network is (None for pseudo-Huber)."""
     loss = options.distill.loss
     if "lpips" not in loss:
@@ -164,7 +173,7 @@ def _distance(data: FlowData, options: SlimOptions, progress: Any) -> tuple[Any,
         "seconds": round(time.perf_counter() - start, 1),
         "cache": trained.path,
     }
-    return make_distance(loss, PerceptualDistance(trained.net)), about
+    return make_distance(loss, PerceptualDistance(trained.net).to(device)), about
 
 
 def _score(

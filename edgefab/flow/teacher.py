@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from edgefab.devices import resolve_device
 from edgefab.flow.checkpoint import TEACHER, check_checkpoint_folder, save_checkpoint
 from edgefab.flow.data import batches, load_flow_data
 from edgefab.flow.evaluate import real_grid, save_grid
@@ -29,6 +30,7 @@ class TeacherOptions:
     optim: OptimOptions = field(default_factory=lambda: OptimOptions(steps=1500, lr=2e-3))
     grid_steps: int = 32  # Euler steps of the sample grid written beside the weights
     threads: int = 1  # small convolutions on a shared 2-core machine: one thread is fastest
+    device: str = "cpu"  # auto, cpu, cuda or cuda:N (edgefab.devices)
 
 
 def train_teacher(options: TeacherOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
@@ -38,17 +40,20 @@ def train_teacher(options: TeacherOptions, progress: Any) -> tuple[Path, dict[st
     config = UNetConfig(data.image_shape, tuple(options.base_channels), options.width)
     check_config(config)
     check_checkpoint_folder(options.out)
+    device = resolve_device(options.device)
     torch.manual_seed(options.optim.seed)
-    model = VelocityUNet(config)
+    model = VelocityUNet(config).to(device)  # initialised on the CPU: the same weights on any device
     with torch_threads(options.threads):
-        progress.stage(f"training the teacher ({options.optim.steps} steps)")
+        progress.stage(f"training the teacher ({options.optim.steps} steps, {device})")
         start = time.perf_counter()
 
         def loss(step: int, generator: torch.Generator) -> torch.Tensor:
             x1 = batches(data.images, options.optim.batch_size, generator)
-            return velocity_loss(model, torch.randn(x1.shape, generator=generator), x1, generator)
+            x0 = torch.randn(x1.shape, generator=generator)
+            return velocity_loss(model, x0.to(device), x1.to(device), generator)
 
         ema, losses = optimize(model, loss, options.optim, progress.advance)
+        ema = ema.cpu()
         seconds = time.perf_counter() - start
     summary = {
         "data": {
@@ -59,6 +64,7 @@ def train_teacher(options: TeacherOptions, progress: Any) -> tuple[Path, dict[st
         },
         "training": {
             **options.optim.__dict__,
+            "device": str(device),
             "seconds": round(seconds, 1),
             "loss_first_100": round(sum(losses[:100]) / len(losses[:100]), 4),
             "loss_last_100": round(sum(losses[-100:]) / len(losses[-100:]), 4),

@@ -1,0 +1,43 @@
+"""Which torch device a training command runs on: ``--device auto|cpu|cuda[:N]``.
+
+``auto`` takes the first CUDA GPU when torch sees one and the CPU otherwise, as a PyTorch user
+expects. Randomness (batches, noise, time steps) is always drawn from seeded CPU generators and
+moved to the device, so a seed selects the same batches on every device; only the arithmetic
+differs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgefab.errors import EdgefabError
+
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name``; a clear error when it is unknown or absent here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EdgefabError(f"unknown --device '{name}'; use {DEVICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise EdgefabError(f"unknown --device '{name}'; use {DEVICES}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EdgefabError(f"--device {name}: torch sees no CUDA GPU here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EdgefabError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here; use cuda:0"
+            )
+    return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the CPU for a model without any)."""
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
