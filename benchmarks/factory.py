@@ -6,13 +6,16 @@
     optuna search over the same space given 10x the factory's time, and the simple MobileNetV2-style
     width-scaled family trained from scratch on the task for as many epochs as the supernet had
     (with build's recipe, or with ``--scratch-like-supernet`` the supernet's batch size and rate);
+    then the dominance check: the factory's pick and the factory customised again at the scratch
+    network's own latency (up to 3 tries), each timed against the scratch network in back-to-back
+    pairs of calls;
 (c) the assembler vs uniform random sampling, the same number of candidates scored (5 seeds, or
     --sampler-seeds; the pick also judged on validation images that neither the scoring nor the
     factory's pool saw).
 
     python benchmarks/factory.py [--factory PATH] [--tasks N] [--budgets N] [--search-factor 10]
-                                 [--scratch-like-supernet] [--samplers-only] [--sampler-seeds 5]
-                                 [--rank latency|probability]
+                                 [--scratch-like-supernet] [--samplers-only | --skip-samplers]
+                                 [--sampler-seeds 5] [--rank latency|probability]
 
 Accuracies are on the task's whole validation split (every model alike); latencies: the three
 choices of a cell timed in 5 interleaved rounds of 40 ONNX Runtime runs here, median of the rounds.
@@ -22,6 +25,7 @@ Prints a markdown table per part; run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -49,6 +53,7 @@ from edgefab.targets.latency import measure_onnx
 TASKS = ["all", "classes=0,1,2,3", "groups=even:0,2,4,6,8/odd:1,3,5,7,9"]
 RELATIVE_BUDGETS = (0.3, 0.6, 0.9)
 SAMPLER_SEEDS = 5
+CHECKS = 3  # tries of the dominance check, as edgefab build's measured check
 
 
 def exported(network, spec, work: Path) -> Path:
@@ -88,6 +93,7 @@ def main() -> None:
     parser.add_argument("--sampler-seeds", type=int, default=SAMPLER_SEEDS, help="seeds (c) averages")
     parser.add_argument("--rank", default=CustomizeOptions.rank, help="(c)'s ranking: latency or probability")
     parser.add_argument("--samplers-only", action="store_true", help="run (c) alone, in minutes")
+    parser.add_argument("--skip-samplers", action="store_true", help="run (a) and (b) without (c)")
     args = parser.parse_args()
     factory = load_factory(args.factory)
     data = load_dataset("mnist")
@@ -111,6 +117,8 @@ def main() -> None:
                         compare(factory, task, model, budget, train, val, scratch, args.search_factor, work)
                     )
                     print(rows[-1], flush=True)
+                if args.skip_samplers:
+                    continue
                 sampler_rows.append(
                     samplers(factory, task, model, budget, train, val, args.sampler_seeds, args.rank)
                 )
@@ -152,7 +160,66 @@ def compare(factory, task, model, budget, train, val, scratch: TrainConfig, fact
                 "scratch_acc": evaluate_accuracy(trained.model, task_val, prep)})  # fmt: skip
     paths["scratch"] = exported(trained.model, spec, work)
     row.update(interleaved_ms(paths))
+    row.update(at_scratch_latency(factory, task, model, train, val, row, paths, work))
     return row
+
+
+def paired_ratio(path_a: Path, path_b: Path, pairs: int = 3000) -> float:
+    """a's latency over b's from ``pairs`` back-to-back calls (ONNX Runtime, one thread).
+
+    Calls alternate a, b, b, a, a, b..., so the machine's speed, which drifts up to 2x within seconds
+    here, is the same for both halves of every pair and divides out. One thread: with host's two,
+    the two sessions' spinning threads compete and a network timed against itself reads 0.94-1.07;
+    with one, 1.00-1.01."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    feeds = {INPUT_NAME: np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)}
+    sessions = [
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (path_a, path_b)
+    ]
+    for _ in range(20):
+        for session in sessions:
+            session.run(None, feeds)
+    ratios: dict[tuple[int, int], list[float]] = {(0, 1): [], (1, 0): []}
+    for index in range(pairs):
+        order = (0, 1) if index % 2 else (1, 0)
+        times = [0.0, 0.0]
+        for which in order:
+            start = time.perf_counter()
+            sessions[which].run(None, feeds)
+            times[which] = time.perf_counter() - start
+        ratios[order].append(times[0] / times[1])
+    # the second call of a pair runs up to 15 % faster (warm caches): each order's median, then their
+    # geometric mean, cancels that
+    return math.sqrt(statistics.median(ratios[(0, 1)]) * statistics.median(ratios[(1, 0)]))
+
+
+def at_scratch_latency(factory, task, model, train, val, row: dict, paths: dict, work: Path) -> dict:
+    """Dominance: the factory's pick against the scratch network, and the factory customised again at
+    the scratch network's own latency, each timed in back-to-back pairs with it.
+
+    The scratch network's latency becomes a budget in the factory's (predicted) units through the
+    pick: budget = pick's prediction x scratch / pick (paired ratio). A pick that then times slower
+    than the scratch network is customised again under budget / ratio, up to ``CHECKS`` times, as
+    ``edgefab build`` does with its measured check."""
+    pick_ratio = paired_ratio(paths["factory"], paths["scratch"])
+    budget = row["factory_pred"] / pick_ratio
+    result = {"pick_ratio": pick_ratio, "dominance_budget": budget, "dominance_acc": None}
+    result["dominance_ms_ratio"] = None
+    for _ in range(CHECKS):
+        try:
+            chosen = customize(factory, task, model, budget, train, val, CustomizeOptions())
+        except EdgefabError:  # the scratch network is faster than the factory's smallest sub-network
+            break
+        ratio = paired_ratio(exported(chosen.network, chosen.spec, work), paths["scratch"])
+        result.update(dominance_acc=task_val_accuracy(chosen.network, val, task, factory.prep),
+                      dominance_ms_ratio=ratio)  # fmt: skip
+        if ratio <= 1.0:
+            break
+        budget = min(budget / ratio, chosen.predicted_ms * 0.99)
+    return result
 
 
 def optuna_row(factory, task, model, budget, train, val, seconds, work) -> dict:
@@ -231,6 +298,7 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
             f"{r['scratch_s']:.0f}",
         ]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
+    print_dominance(rows)
     seeds = sampler_rows[0]["seeds"] if sampler_rows else 0
     rank = sampler_rows[0]["rank"] if sampler_rows else "-"
     print(f"\n(c) mean over {seeds} seeds, candidates ranked by {rank}; the pick judged on validation "
@@ -246,6 +314,26 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
             for key in ("assembler", "random", "assembler_held_out", "random_held_out")
         ]
         cells += [f"{100 * r[key]:.0f} %" for key in ("assembler_budget_used", "random_budget_used")]
+        print("| " + " | ".join(cells) + " |")
+
+
+def print_dominance(rows) -> None:
+    """The factory at each scratch network's own latency: does it match it in speed and beat it?"""
+    print("\n(b) dominance: the factory's pick, and the factory customised again at the scratch network's "
+          "latency, each against the scratch network (ms ratio: factory / scratch, median of 3,000 "
+          "back-to-back pairs of calls)")  # fmt: skip
+    header = ["task", "budget ms", "scratch acc", "pick acc", "pick / scratch ms",
+              "scratch's latency as a budget", "factory acc there", "there / scratch ms",
+              "factory at scratch's latency dominates"]  # fmt: skip
+    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    for r in rows:
+        acc, ratio = r["dominance_acc"], r["dominance_ms_ratio"]
+        verdict = "no sub-network that fast" if acc is None else (
+            "yes" if acc >= r["scratch_acc"] and ratio <= 1.0 else "no")  # fmt: skip
+        cells = [r["task"], f"{r['budget']:.3f}", f"{100 * r['scratch_acc']:.2f} %",
+                 f"{100 * r['factory_acc']:.2f} %", f"{r['pick_ratio']:.2f}", f"{r['dominance_budget']:.3f}",
+                 "-" if acc is None else f"{100 * acc:.2f} %", "-" if ratio is None else f"{ratio:.2f}",
+                 verdict]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
 
 
