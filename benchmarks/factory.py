@@ -298,9 +298,11 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
             f"{r['scratch_s']:.0f}",
         ]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
-    print_dominance(rows)
-    seeds = sampler_rows[0]["seeds"] if sampler_rows else 0
-    rank = sampler_rows[0]["rank"] if sampler_rows else "-"
+    if rows:
+        print_dominance(rows)
+    if not sampler_rows:
+        return
+    seeds, rank = sampler_rows[0]["seeds"], sampler_rows[0]["rank"]
     print(f"\n(c) mean over {seeds} seeds, candidates ranked by {rank}; the pick judged on validation "
           "images that neither the scoring nor the factory's pool saw")  # fmt: skip
     header = ["task", "budget ms", "held-out images", "assembler: best score", "uniform: best score",
