@@ -281,11 +281,17 @@ def samplers(factory, task, model, budget, train, val, seeds: int, rank: str) ->
     return out
 
 
+def print_row(cells: list[str]) -> None:
+    """One markdown table row."""
+    print("| " + " | ".join(cells) + " |")
+
+
 def print_tables(rows, sampler_rows, smallest, largest) -> None:
     print(f"\nfactory space on host: smallest {smallest:.3f} ms, largest {largest:.3f} ms (predicted)\n")
     header = ["task", "budget ms", "factory acc", "factory ms", "factory s (+checks)", "optuna acc",
               "optuna ms", "optuna s (trials)", "scratch acc", "scratch ms", "scratch s"]  # fmt: skip
-    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    print_row(header)
+    print("|---" * len(header) + "|")
     for r in rows:
         optuna_acc = f"{100 * r['optuna_acc']:.2f} %" if r["optuna_acc"] is not None else "none in budget"
         optuna_ms = f"{r['optuna_ms']:.3f}" if r["optuna_ms"] is not None else "-"
@@ -297,7 +303,7 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
             f"{r['scratch_ms']:.3f}" + ("" if r["scratch_fits"] else " (none fit)"),
             f"{r['scratch_s']:.0f}",
         ]  # fmt: skip
-        print("| " + " | ".join(cells) + " |")
+        print_row(cells)
     if rows:
         print_dominance(rows)
     if not sampler_rows:
@@ -308,7 +314,8 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
     header = ["task", "budget ms", "held-out images", "assembler: best score", "uniform: best score",
               "assembler: pick held out", "uniform: pick held out", "assembler: budget used",
               "uniform: budget used"]  # fmt: skip
-    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    print_row(header)
+    print("|---" * len(header) + "|")
     for r in sampler_rows:
         cells = [r["task"], f"{r['budget']:.3f}", str(r["held_out_images"])]
         cells += [
@@ -316,7 +323,7 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
             for key in ("assembler", "random", "assembler_held_out", "random_held_out")
         ]
         cells += [f"{100 * r[key]:.0f} %" for key in ("assembler_budget_used", "random_budget_used")]
-        print("| " + " | ".join(cells) + " |")
+        print_row(cells)
 
 
 def print_dominance(rows) -> None:
@@ -327,7 +334,8 @@ def print_dominance(rows) -> None:
     header = ["task", "budget ms", "scratch acc", "pick acc", "pick / scratch ms",
               "scratch's latency as a budget", "factory acc there", "there / scratch ms",
               "factory at scratch's latency dominates"]  # fmt: skip
-    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+    print_row(header)
+    print("|---" * len(header) + "|")
     for r in rows:
         acc, ratio = r["dominance_acc"], r["dominance_ms_ratio"]
         verdict = "no sub-network that fast" if acc is None else (
@@ -336,7 +344,7 @@ def print_dominance(rows) -> None:
                  f"{100 * r['factory_acc']:.2f} %", f"{r['pick_ratio']:.2f}", f"{r['dominance_budget']:.3f}",
                  "-" if acc is None else f"{100 * acc:.2f} %", "-" if ratio is None else f"{ratio:.2f}",
                  verdict]  # fmt: skip
-        print("| " + " | ".join(cells) + " |")
+        print_row(cells)
 
 
 if __name__ == "__main__":
