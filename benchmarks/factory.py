@@ -286,12 +286,17 @@ def print_row(cells: list[str]) -> None:
     print("| " + " | ".join(cells) + " |")
 
 
+def print_header(header: list[str]) -> None:
+    """A markdown table's header and separator rows."""
+    print_row(header)
+    print("|---" * len(header) + "|")
+
+
 def print_tables(rows, sampler_rows, smallest, largest) -> None:
     print(f"\nfactory space on host: smallest {smallest:.3f} ms, largest {largest:.3f} ms (predicted)\n")
     header = ["task", "budget ms", "factory acc", "factory ms", "factory s (+checks)", "optuna acc",
               "optuna ms", "optuna s (trials)", "scratch acc", "scratch ms", "scratch s"]  # fmt: skip
-    print_row(header)
-    print("|---" * len(header) + "|")
+    print_header(header)
     for r in rows:
         optuna_acc = f"{100 * r['optuna_acc']:.2f} %" if r["optuna_acc"] is not None else "none in budget"
         optuna_ms = f"{r['optuna_ms']:.3f}" if r["optuna_ms"] is not None else "-"
@@ -314,8 +319,7 @@ def print_tables(rows, sampler_rows, smallest, largest) -> None:
     header = ["task", "budget ms", "held-out images", "assembler: best score", "uniform: best score",
               "assembler: pick held out", "uniform: pick held out", "assembler: budget used",
               "uniform: budget used"]  # fmt: skip
-    print_row(header)
-    print("|---" * len(header) + "|")
+    print_header(header)
     for r in sampler_rows:
         cells = [r["task"], f"{r['budget']:.3f}", str(r["held_out_images"])]
         cells += [
@@ -334,8 +338,7 @@ def print_dominance(rows) -> None:
     header = ["task", "budget ms", "scratch acc", "pick acc", "pick / scratch ms",
               "scratch's latency as a budget", "factory acc there", "there / scratch ms",
               "factory at scratch's latency dominates"]  # fmt: skip
-    print_row(header)
-    print("|---" * len(header) + "|")
+    print_header(header)
     for r in rows:
         acc, ratio = r["dominance_acc"], r["dominance_ms_ratio"]
         verdict = "no sub-network that fast" if acc is None else (
