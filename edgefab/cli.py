@@ -67,9 +67,11 @@ def _model_text(build: dict[str, Any]) -> str:
         return f"{build['model']} ({build.get('why')}): {notation}"
     factory = build["factory"]
     seconds = sum(factory["seconds"].values())
+    modules = factory["modules"]
+    stem = "" if modules.get("stem") is None else f", stem {modules['stem']}"
     return (
         f"factory {factory['path']}, task {build['task']['text']}: {notation}, widths "
-        f"{factory['modules']['widths']}; customised in {seconds:.1f} s"
+        f"{modules['widths']}{stem}; customised in {seconds:.1f} s"
     )
 
 

@@ -39,7 +39,10 @@ def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
     data, training, pool = meta["data"], meta["training"], meta["pool"]
     return [
         ("factory", path),
-        ("space", f"{meta['space']} (stage widths {meta['widths']})"),
+        (
+            "space",
+            f"{meta['space']} (stage widths {meta['widths']}, stem {meta.get('stem_widths') or 'fixed'})",
+        ),
         ("data", f"{data['name']}: {len(data['classes'])} classes, {data['train_samples']} training images"),
         (
             "training",

@@ -11,15 +11,17 @@ import torch
 from edgefab.data import load_dataset, train_val_split
 from edgefab.data.tasks import Task, apply_task, parse_task
 from edgefab.errors import EdgefabError
-from edgefab.factory.assembler import AssemblerConfig, relative_budget, train_assembler
+from edgefab.factory.assembler import Assembler, AssemblerConfig, relative_budget, train_assembler
 from edgefab.factory.customize import CustomizeOptions, GroupHead, customize, latency_range, propose
 from edgefab.factory.scoring import group_logits, task_accuracy
-from edgefab.factory.space import FACTORY_SPACES, ModuleSelection
-from edgefab.factory.store import load_factory
+from edgefab.factory.space import FACTORY_SPACES, FactorySpace, ModuleSelection
+from edgefab.factory.store import Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
 from edgefab.targets.latency import latency_model
 
 SPACE = FACTORY_SPACES["digits-28"]
+# the stage-width decisions: after one per searchable layer, before the stem's width
+STAGE_WIDTHS = slice(len(SPACE.space.searchable()), len(SPACE.space.searchable()) + len(SPACE.widths))
 DIGITS = [str(d) for d in range(10)]
 
 
@@ -31,11 +33,22 @@ def digits():
 def test_space_stages_and_widths():
     assert SPACE.stages() == [[1, 2, 3], [4, 5, 6], [7, 8]]
     spec = SPACE.arch(SPACE.smallest(), 10)
-    assert [b.out_channels for b in spec.blocks] == [16, 16, 16, 16, 24, 24, 24, 48, 48]
+    # the stem and the fixed first layer narrow together (stem 8), every stage to its narrowest
+    assert spec.stem_channels == 8
+    assert [b.out_channels for b in spec.blocks] == [8, 8, 8, 8, 24, 24, 24, 48, 48]
     assert spec.notation()[2:4] == ["skip", "skip"]
-    assert SPACE.arch(SPACE.largest(), 10).macs() > 5 * spec.macs()
+    largest = SPACE.arch(SPACE.largest(), 10)
+    assert largest.stem_channels == 16 and largest.blocks[0].out_channels == 16
+    assert largest.macs() > 5 * spec.macs()
     with pytest.raises(EdgefabError, match=r"stage1-width allows \(24, 32, 40\), not 36"):
-        SPACE.arch(ModuleSelection(SPACE.largest().choices, (24, 36, 80)), 10)
+        SPACE.arch(ModuleSelection(SPACE.largest().choices, (24, 36, 80), 16), 10)
+    with pytest.raises(EdgefabError, match=r"stem-width allows \(8, 16\), not 12"):
+        SPACE.arch(ModuleSelection(SPACE.largest().choices, (24, 40, 80), 12), 10)
+    cifar = FACTORY_SPACES["cifar-32"]
+    with pytest.raises(EdgefabError, match="the stem's width is fixed here"):
+        cifar.arch(ModuleSelection(cifar.largest().choices, cifar.largest().widths, 8), 10)
+    assert SPACE.selection(SPACE.values(SPACE.smallest())) == SPACE.smallest()
+    assert ModuleSelection.from_dict(SPACE.smallest().to_dict()) == SPACE.smallest()
 
 
 def test_extracted_subnetwork_computes_what_the_supernet_does():
@@ -98,7 +111,7 @@ def test_assembler_learns_to_spend_the_budget():
     put wide stages at a large budget and narrow ones at a small budget."""
     rng = np.random.default_rng(0)
     pool = [SPACE.smallest(), SPACE.largest()] + [SPACE.sample(rng) for _ in range(60)]
-    size = np.array([sum(SPACE.values(s)[-3:]) for s in pool], float)
+    size = np.array([sum(SPACE.values(s)[STAGE_WIDTHS]) for s in pool], float)
     samples = 200
     labels = rng.integers(0, 10, samples)
     share = 0.5 + 0.4 * (size - size.min()) / np.ptp(size)  # of the samples each member gets right
@@ -110,8 +123,8 @@ def test_assembler_learns_to_spend_the_budget():
         SPACE, pool, logits, labels, latency, AssemblerConfig(scenarios=40, steps=300)
     )
     task = parse_task("classes=0,1,2,3", DIGITS)
-    at_full = assembler.distribution(task, 1.0)[-3:]  # the three stage widths
-    at_none = assembler.distribution(task, 0.0)[-3:]
+    at_full = assembler.distribution(task, 1.0)[STAGE_WIDTHS]  # the three stage widths
+    at_none = assembler.distribution(task, 0.0)[STAGE_WIDTHS]
     # stage 0 widens least per ms, so near the full budget its targets are close to a coin flip:
     # only the later stages must be at their widest; every stage must be wider than at no budget
     assert [int(p.argmax()) for p in at_full[1:]] == [len(p) - 1 for p in at_full[1:]], at_full
@@ -142,6 +155,22 @@ def test_factory_round_trip_and_corruption(tiny_factory, tmp_path):
         load_factory(broken)
     with pytest.raises(EdgefabError, match="is not a factory"):
         load_factory(tmp_path)
+
+
+def test_a_factory_loads_with_the_widths_it_was_trained_with(tiny_factory, tmp_path):
+    """A factory trained before the built-in space's width options changed keeps loading: its
+    ``factory.json`` names the widths (here: the digits space as it was, without an elastic stem)."""
+    factory = load_factory(tiny_factory[0])
+    assert factory.space.stem_widths == (8, 16) and factory.meta["stem_widths"] == [8, 16]
+    before = FactorySpace(SPACE.space, ((16, 24), (24, 32, 40), (48, 64, 80)))
+    meta = {key: value for key, value in factory.meta.items() if key != "stem_widths"}
+    meta["widths"] = [list(w) for w in before.widths]
+    assembler = Assembler(10, [len(options) for _, options in before.decisions()])
+    (tmp_path / "old").mkdir()
+    save_factory(tmp_path / "old", Factory(meta, ModularSupernet(before, 10), assembler))
+    old = load_factory(tmp_path / "old")
+    assert old.space == before and old.space.smallest().stem is None
+    assert old.supernet.extract(old.space.smallest())[0].stem_channels == 16
 
 
 def test_customize_meets_the_budget(tiny_factory, digits):

@@ -11,6 +11,8 @@ from edgefab.factory.assembler import AssemblerConfig, module_features, predicte
 from edgefab.factory.space import FACTORY_SPACES
 
 SPACE = FACTORY_SPACES["digits-28"]
+# the stage-width decisions: after one per searchable layer, before the stem's width
+STAGE_WIDTHS = slice(len(SPACE.space.searchable()), len(SPACE.space.searchable()) + len(SPACE.widths))
 DIGITS = [str(d) for d in range(10)]
 
 
@@ -19,7 +21,7 @@ def noisy_pool(members: int, samples: int, seed: int = 0):
     ``samples`` images: differences between neighbours are mostly measurement noise, as on real pools."""
     rng = np.random.default_rng(seed)
     pool = [SPACE.smallest(), SPACE.largest()] + [SPACE.sample(rng) for _ in range(members - 2)]
-    size = np.array([sum(SPACE.values(s)[-3:]) for s in pool], float)
+    size = np.array([sum(SPACE.values(s)[STAGE_WIDTHS]) for s in pool], float)
     truth = 0.95 + 0.02 * (size - size.min()) / np.ptp(size)
     labels = rng.integers(0, 10, samples)
     correct = rng.random((members, samples)) < truth[:, None]
@@ -48,7 +50,7 @@ def test_denoised_assembler_spends_the_budget_on_capacity():
     for denoise in (False, True):
         config = AssemblerConfig(scenarios=40, steps=200, denoise=denoise)
         assembler, summary = train_assembler(SPACE, pool, logits, labels, latency, config)
-        stages = [p for budget in (0.5, 0.7, 1.0) for p in assembler.distribution(task, budget)[-3:]]
+        stages = [p for budget in (0.5, 0.7, 1.0) for p in assembler.distribution(task, budget)[STAGE_WIDTHS]]
         expected[denoise] = sum(float(p @ w) for p, w in zip(stages, widths * 3, strict=True))
         assert (summary["ridge_penalty"] is not None) == denoise
     assert expected[True] > expected[False] + 12, expected  # channels, summed over stages and budgets

@@ -21,23 +21,27 @@ from edgefab.spaces import SPACES, SearchSpace
 
 @dataclass(frozen=True)
 class ModuleSelection:
-    """One op per layer slot and one output width per stage."""
+    """One op per layer slot, one output width per stage and (where elastic) the stem's width."""
 
     choices: tuple[str, ...]
     widths: tuple[int, ...]
+    stem: int | None = None  # None: the space's own stem width
 
     def notation(self) -> str:
-        """e.g. ``k3_e1 | k5_e6 k3_e3 skip @24 | ...``: readable in tables and logs."""
-        return " ".join(self.choices) + "  widths " + "/".join(map(str, self.widths))
+        """e.g. ``k3_e1 k5_e6 k3_e3 skip ...  widths 16/32/64  stem 8``: readable in tables and logs."""
+        stem = f"  stem {self.stem}" if self.stem is not None else ""
+        return " ".join(self.choices) + "  widths " + "/".join(map(str, self.widths)) + stem
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"choices": list(self.choices), "widths": list(self.widths)}
+        data: dict[str, Any] = {"choices": list(self.choices), "widths": list(self.widths)}
+        return data if self.stem is None else {**data, "stem": self.stem}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModuleSelection:
         """Inverse of :meth:`to_dict`."""
-        return cls(tuple(data["choices"]), tuple(int(w) for w in data["widths"]))
+        stem = None if data.get("stem") is None else int(data["stem"])
+        return cls(tuple(data["choices"]), tuple(int(w) for w in data["widths"]), stem)
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,19 @@ class FactorySpace:
 
     space: SearchSpace
     widths: tuple[tuple[int, ...], ...]  # per stage, ascending, the last the space's own width
+    # The stem's and the fixed leading layers' widths, ascending, the last the space's own; () = fixed.
+    stem_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.stages()):
             raise ValueError(
                 f"{self.space.name}: {len(self.stages())} stages but {len(self.widths)} width lists"
             )
+        leading = {self.space.slots[i].out_channels for i in range(self.space.searchable()[0])}
+        if self.stem_widths and (self.stem_widths[-1] != self.space.stem_channels or
+                                 leading - {self.space.stem_channels}):  # fmt: skip
+            raise ValueError(f"{self.space.name}: an elastic stem needs the stem and the layers before "
+                             f"the first stage at one width, the last of stem_widths")  # fmt: skip
 
     @property
     def name(self) -> str:
@@ -73,7 +84,8 @@ class FactorySpace:
     def decisions(self) -> list[tuple[str, tuple[str, ...] | tuple[int, ...]]]:
         """Every decision a selection makes, in a fixed order: (name, options)."""
         layer = [(f"layer{i}", self.space.slots[i].options()) for i in self.space.searchable()]
-        return layer + [(f"stage{s}-width", w) for s, w in enumerate(self.widths)]
+        stem = [("stem-width", self.stem_widths)] if self.stem_widths else []
+        return layer + [(f"stage{s}-width", w) for s, w in enumerate(self.widths)] + stem
 
     def selection(self, values: list) -> ModuleSelection:
         """A selection from one value per decision (the order of :meth:`decisions`)."""
@@ -81,19 +93,24 @@ class FactorySpace:
         choices = [slot.fixed for slot in self.space.slots]
         for slot, value in zip(searchable, values[: len(searchable)], strict=True):
             choices[slot] = str(value)
-        return ModuleSelection(tuple(choices), tuple(int(w) for w in values[len(searchable) :]))
+        widths = values[len(searchable) : len(searchable) + len(self.widths)]
+        stem = int(values[-1]) if self.stem_widths else None
+        return ModuleSelection(tuple(choices), tuple(int(w) for w in widths), stem)
 
     def values(self, selection: ModuleSelection) -> list:
         """Inverse of :meth:`selection`."""
-        return [selection.choices[i] for i in self.space.searchable()] + list(selection.widths)
+        stem = [selection.stem] if self.stem_widths else []
+        return [selection.choices[i] for i in self.space.searchable()] + list(selection.widths) + stem
 
     def largest(self) -> ModuleSelection:
-        """Every layer at k5_e6, every stage at its widest."""
-        return ModuleSelection(tuple(self.space.largest()), tuple(w[-1] for w in self.widths))
+        """Every layer at k5_e6, every stage (and the stem) at its widest."""
+        stem = self.stem_widths[-1] if self.stem_widths else None
+        return ModuleSelection(tuple(self.space.largest()), tuple(w[-1] for w in self.widths), stem)
 
     def smallest(self) -> ModuleSelection:
-        """Every skippable layer skipped, the rest k3_e3, every stage at its narrowest."""
-        return ModuleSelection(tuple(self.space.smallest()), tuple(w[0] for w in self.widths))
+        """Every skippable layer skipped, the rest k3_e3, every stage (and the stem) at its narrowest."""
+        stem = self.stem_widths[0] if self.stem_widths else None
+        return ModuleSelection(tuple(self.space.smallest()), tuple(w[0] for w in self.widths), stem)
 
     def sample(self, rng: np.random.Generator) -> ModuleSelection:
         """Uniformly random decisions."""
@@ -101,6 +118,8 @@ class FactorySpace:
 
     def check(self, selection: ModuleSelection) -> None:
         """Raise a one-line error if ``selection`` is not a member of the space."""
+        if selection.stem is not None and not self.stem_widths:
+            raise EdgefabError(f"{self.name}: the stem's width is fixed here, a selection cannot set it")
         for (name, options), value in zip(self.decisions(), self.values(selection), strict=True):
             if value not in options:
                 raise EdgefabError(f"{self.name}: {name} allows {options}, not {value!r}")
@@ -110,19 +129,26 @@ class FactorySpace:
         self.check(selection)
         spec = self.space.arch(list(selection.choices), num_classes)
         stage_of = self.stage_of()
-        blocks = tuple(
+        blocks = [
             replace(block, out_channels=selection.widths[stage_of[i]]) if i in stage_of else block
             for i, block in enumerate(spec.blocks)
-        )
-        return replace(spec, blocks=blocks, name=f"factory-{self.name}")
+        ]
+        if selection.stem is not None:  # the stem and the layers before the first stage narrow together
+            for i in range(self.space.searchable()[0]):
+                blocks[i] = replace(blocks[i], out_channels=selection.stem)
+            spec = replace(spec, stem_channels=selection.stem)
+        return replace(spec, blocks=tuple(blocks), name=f"factory-{self.name}")
 
 
-def _space(name: str, widths: tuple[tuple[int, ...], ...]) -> FactorySpace:
-    return FactorySpace(SPACES[name], widths)
+def _space(name: str, widths: tuple[tuple[int, ...], ...], stem: tuple[int, ...] = ()) -> FactorySpace:
+    return FactorySpace(SPACES[name], widths, stem)
 
 
 FACTORY_SPACES: dict[str, FactorySpace] = {
-    "digits-28": _space("digits-28", ((16, 24), (24, 32, 40), (48, 64, 80))),
+    # The digits' stem and first stage go down to 8 channels: the from-scratch MobileNetV2 family's
+    # narrow members (width 0.35-0.5) are that narrow there, and were faster than every sub-network
+    # of the space without it (BENCHMARKS.md, issue 5's dominance check).
+    "digits-28": _space("digits-28", ((8, 16, 24), (24, 32, 40), (48, 64, 80)), stem=(8, 16)),
     "cifar-32": _space("cifar-32", ((16, 24), (24, 32, 40), (48, 64, 80), (64, 80, 96))),
 }
 

@@ -81,13 +81,27 @@ def load_factory(path: Path | str = SHIPPED) -> Factory:
             raise EdgefabError(
                 f"factory file {file} is missing or corrupted (checksum differs); train it again"
             )
-    space = factory_space(meta["space"])
+    space = trained_space(meta)
     num_classes = len(meta["data"]["classes"])
     supernet = ModularSupernet(space, num_classes)
     assembler = Assembler(num_classes, [len(o) for _, o in space.decisions()])
     _load_state(supernet, folder / SUPERNET_FILE)
     _load_state(assembler, folder / ASSEMBLER_FILE)
     return Factory(meta, supernet.eval(), assembler.eval(), folder)
+
+
+def trained_space(meta: dict[str, Any]) -> FactorySpace:
+    """The space a factory was trained on: its built-in search space with the widths it recorded
+    (so a factory keeps loading after the built-in space's width options change)."""
+    space = factory_space(meta["space"])
+    try:
+        return FactorySpace(
+            space.space, tuple(tuple(w) for w in meta["widths"]), tuple(meta.get("stem_widths", ()))
+        )
+    except ValueError as error:
+        raise EdgefabError(
+            f"factory widths do not fit space {meta['space']} ({error}); train it again"
+        ) from None
 
 
 def _load_state(module: torch.nn.Module, file: Path) -> None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgefab.arch import ArchSpec
-from edgefab.factory.network import Network, build_network, conv_bn_act
+from edgefab.factory.network import MBConv, Network, build_network, conv_bn_act
 from edgefab.factory.space import FactorySpace, ModuleSelection
 from edgefab.factory.superkernel import SuperMBConv, sliced_batch_norm, super_blocks
 
@@ -34,14 +34,14 @@ class ModularSupernet(nn.Module):
 
     def features(self, x: torch.Tensor, selection: ModuleSelection) -> torch.Tensor:
         """Pooled head features of the sub-network ``selection`` (before the classifier)."""
-        x = self.stem(x)
+        stem = selection.stem or self.fspace.space.stem_channels
+        x = sliced_unit(self.stem, x, stem, self.training)
         for index, (block, choice) in enumerate(zip(self.blocks, selection.choices, strict=True)):
             if isinstance(block, SuperMBConv):
                 x = block.forward_choice(x, choice, selection.widths[self._stage_of[index]])
-            else:
-                x = block(x)
-        conv, norm = self.head[0], self.head[1]
-        x = F.relu6(sliced_batch_norm(F.conv2d(x, conv.weight[:, : x.shape[1]]), norm, self.training))
+            else:  # a fixed layer before the first stage: as wide as the stem
+                x = sliced_mbconv(block, x, stem, self.training)
+        x = sliced_unit(self.head, x, self.fspace.space.head_channels, self.training)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def forward(self, x: torch.Tensor, selection: ModuleSelection) -> torch.Tensor:
@@ -53,20 +53,48 @@ class ModularSupernet(nn.Module):
         """``selection`` as a standalone network with the supernet's weights (all-class classifier)."""
         spec = self.fspace.arch(selection, self.num_classes)
         network = build_network(spec)
-        network.stem.load_state_dict(self.stem.state_dict())
+        load_first_channels(network.stem, self.stem)
         standalone = iter(network.blocks)
-        cin = self.fspace.space.stem_channels
+        cin = spec.stem_channels
         for block, choice, arch_block in zip(self.blocks, selection.choices, spec.blocks, strict=True):
             if choice == "skip":
                 continue
             target = next(standalone)
             if isinstance(block, SuperMBConv):
-                source = block.extract(choice, cin, arch_block.out_channels)
+                target.load_state_dict(block.extract(choice, cin, arch_block.out_channels).state_dict())
             else:
-                source = block
-            target.load_state_dict(source.state_dict())
+                load_first_channels(target, block)
             cin = arch_block.out_channels
-        network.head[0].weight.copy_(self.head[0].weight[:, :cin])
-        network.head[1].load_state_dict(self.head[1].state_dict())
+        load_first_channels(network.head, self.head)
         network.classifier.load_state_dict(self.classifier.state_dict())
         return spec, network.eval()
+
+
+def sliced_unit(unit: nn.Sequential, x: torch.Tensor, cout: int, training: bool) -> torch.Tensor:
+    """One :func:`conv_bn_act` unit on the first ``x.shape[1]`` input and ``cout`` output channels
+    (a depthwise unit keeps as many channels as it gets)."""
+    conv, norm = unit[0], unit[1]
+    cin = x.shape[1]
+    depthwise = conv.groups > 1
+    weight = conv.weight[:cin] if depthwise else conv.weight[:cout, :cin]
+    x = F.conv2d(x, weight, None, conv.stride, conv.padding, 1, cin if depthwise else 1)
+    x = sliced_batch_norm(x, norm, training)
+    return F.relu6(x) if len(unit) > 2 else x
+
+
+def sliced_mbconv(block: MBConv, x: torch.Tensor, cout: int, training: bool) -> torch.Tensor:
+    """A plain MBConv on the first channels of its weights: ``cout`` out, its expansion ratio kept."""
+    out = x
+    for index, unit in enumerate(block.body):
+        ratio = unit[0].out_channels // unit[0].in_channels  # the expansion; 1 for a depthwise unit
+        out = sliced_unit(unit, out, cout if index == len(block.body) - 1 else out.shape[1] * ratio, training)
+    return x + out if block.residual else out
+
+
+@torch.no_grad()
+def load_first_channels(target: nn.Module, source: nn.Module) -> None:
+    """Copy into ``target`` the leading slice of each of ``source``'s tensors (same names, each
+    dimension cut to the target's size): a narrower copy sharing the first channels."""
+    sources = source.state_dict()
+    for name, tensor in target.state_dict().items():
+        tensor.copy_(sources[name][tuple(slice(0, size) for size in tensor.shape)])

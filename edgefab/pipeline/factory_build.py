@@ -9,6 +9,7 @@ the factory's layer shapes are measured once (cached) before customising.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,13 @@ def _mismatch(factory: Factory, data: Dataset) -> str | None:
 def space_layers(space: FactorySpace, classes: int) -> tuple[list[Layer], list]:
     """Every distinct layer any sub-network of ``space`` can have, and a few random sub-networks' specs.
 
-    A layer's shape depends on its op, its stage's width and the previous stage's width; skipping
-    keeps shapes. So every op on every slot, under every combination of stage widths, covers them.
+    A layer's shape depends on its op, its stage's width and the previous stage's (or the stem's)
+    width; skipping keeps shapes. So every op on every slot, under every combination of stage and
+    stem widths, covers them.
     """
     searchable = space.space.searchable()
     layers: dict[str, Layer] = {}
-    for widths in np.array(np.meshgrid(*space.widths, indexing="ij")).reshape(len(space.widths), -1).T:
+    for widths in itertools.product(*space.widths, *([space.stem_widths] if space.stem_widths else [])):
         for op in CHOICES:
             values = [op] * len(searchable) + [int(w) for w in widths]
             for layer in spec_layers(space.arch(space.selection(values), classes)):

@@ -89,6 +89,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
         "torch": torch.__version__,
         "space": fspace.name,
         "widths": [list(w) for w in fspace.widths],
+        "stem_widths": list(fspace.stem_widths),
         "data": {
             "spec": job.data,
             "name": data.name,

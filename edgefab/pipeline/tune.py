@@ -7,9 +7,10 @@ is an identity). So the networks with every searchable slot at one choice (``k3_
 are MetaSchedule's tasks. Once they are in the target's database (``edgefab.export.tuning``), every
 later factory, search or build output of that space compiles tuned, with no trials of its own.
 
-The factory also narrows each stage (``edgefab.factory.space``): the first layer of a stage then
-maps the previous stage's width to its own, so every pair of neighbouring stage widths must occur
-in some network; a few width assignments per choice cover them all.
+The factory also narrows each stage and, in some spaces, the stem (``edgefab.factory.space``): the
+first layer of a stage then maps the previous stage's (or the stem's) width to its own, so every
+pair of neighbouring widths must occur in some network; a few width assignments per choice cover
+them all.
 """
 
 from __future__ import annotations
@@ -53,15 +54,18 @@ class SpaceTuneJob:
 def space_networks(space: SearchSpace, num_classes: int) -> list[ArchSpec]:
     """Networks that together hold every kernel of ``space`` and of its factory space, if any."""
     factory = FACTORY_SPACES.get(space.name)
-    width_sets = covering_widths(factory.widths) if factory else [None]
+    if factory is None:
+        return [space.arch([slot.fixed or choice for slot in space.slots], num_classes) for choice in CHOICES]
+    stem = (factory.stem_widths,) if factory.stem_widths else ()
     specs = []
     for choice in CHOICES:
         choices = tuple(slot.fixed or choice for slot in space.slots)
-        for widths in width_sets:
-            if widths is None:
-                specs.append(space.arch(list(choices), num_classes))
+        for widths in covering_widths(stem + factory.widths):  # the stem as a stage before the first
+            if stem:
+                selection = ModuleSelection(choices, widths[1:], widths[0])
             else:
-                specs.append(factory.arch(ModuleSelection(choices, widths), num_classes))
+                selection = ModuleSelection(choices, widths)
+            specs.append(factory.arch(selection, num_classes))
     return specs
 
 
