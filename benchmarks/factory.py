@@ -203,20 +203,20 @@ def at_scratch_latency(factory, task, model, train, val, row: dict, paths: dict,
     The scratch network's latency becomes a budget in the factory's (predicted) units through the
     pick: budget = pick's prediction x scratch / pick (paired ratio). A pick that then times slower
     than the scratch network is customised again under budget / ratio, up to ``CHECKS`` times, as
-    ``edgefab build`` does with its measured check."""
+    ``edgefab build`` does with its measured check. The conversion goes through predictions, so it
+    is approximate: a budget below the factory's smallest sub-network is raised to it, and the
+    paired timing decides whether that one is as fast as the scratch network."""
     pick_ratio = paired_ratio(paths["factory"], paths["scratch"])
     budget = row["factory_pred"] / pick_ratio
-    result = {"pick_ratio": pick_ratio, "dominance_budget": budget, "dominance_acc": None}
-    result["dominance_ms_ratio"] = None
+    result = {"pick_ratio": pick_ratio, "dominance_budget": budget}
+    floor = latency_range(factory, model)[0] * 1.01  # room for the task head's share of the prediction
     for _ in range(CHECKS):
-        try:
-            chosen = customize(factory, task, model, budget, train, val, CustomizeOptions())
-        except EdgefabError:  # the scratch network is faster than the factory's smallest sub-network
-            break
+        budget = max(budget, floor)
+        chosen = customize(factory, task, model, budget, train, val, CustomizeOptions())
         ratio = paired_ratio(exported(chosen.network, chosen.spec, work), paths["scratch"])
         result.update(dominance_acc=task_val_accuracy(chosen.network, val, task, factory.prep),
-                      dominance_ms_ratio=ratio)  # fmt: skip
-        if ratio <= 1.0:
+                      dominance_ms_ratio=ratio, dominance_floor=budget == floor)  # fmt: skip
+        if ratio <= 1.0 or budget == floor:
             break
         budget = min(budget / ratio, chosen.predicted_ms * 0.99)
     return result
@@ -341,12 +341,11 @@ def print_dominance(rows) -> None:
     print_header(header)
     for r in rows:
         acc, ratio = r["dominance_acc"], r["dominance_ms_ratio"]
-        verdict = "no sub-network that fast" if acc is None else (
-            "yes" if acc >= r["scratch_acc"] and ratio <= 1.0 else "no")  # fmt: skip
+        verdict = "yes" if acc >= r["scratch_acc"] and ratio <= 1.0 else "no"
+        smallest = " (the smallest)" if r["dominance_floor"] else ""
         cells = [r["task"], f"{r['budget']:.3f}", f"{100 * r['scratch_acc']:.2f} %",
                  f"{100 * r['factory_acc']:.2f} %", f"{r['pick_ratio']:.2f}", f"{r['dominance_budget']:.3f}",
-                 "-" if acc is None else f"{100 * acc:.2f} %", "-" if ratio is None else f"{ratio:.2f}",
-                 verdict]  # fmt: skip
+                 f"{100 * acc:.2f} %", f"{ratio:.2f}{smallest}", verdict]  # fmt: skip
         print_row(cells)
 
 
