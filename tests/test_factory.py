@@ -17,6 +17,7 @@ from edgefab.factory.scoring import group_logits, task_accuracy
 from edgefab.factory.space import FACTORY_SPACES, FactorySpace, ModuleSelection
 from edgefab.factory.store import Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
+from edgefab.spaces import SPACES
 from edgefab.targets.latency import latency_model
 
 SPACE = FACTORY_SPACES["digits-28"]
@@ -47,6 +48,9 @@ def test_space_stages_and_widths():
     cifar = FACTORY_SPACES["cifar-32"]
     with pytest.raises(EdgefabError, match="the stem's width is fixed here"):
         cifar.arch(ModuleSelection(cifar.largest().choices, cifar.largest().widths, 8), 10)
+    mnasnet = SPACES["mnasnet-224"]  # its fixed first layer (16 channels) is narrower than its stem (32)
+    with pytest.raises(ValueError, match="an elastic stem needs the stem and the layers before"):
+        FactorySpace(mnasnet, tuple((c,) for c in (24, 40, 80, 96, 192)), (16, 32))
     assert SPACE.selection(SPACE.values(SPACE.smallest())) == SPACE.smallest()
     assert ModuleSelection.from_dict(SPACE.smallest().to_dict()) == SPACE.smallest()
 

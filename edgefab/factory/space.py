@@ -58,11 +58,14 @@ class FactorySpace:
             raise ValueError(
                 f"{self.space.name}: {len(self.stages())} stages but {len(self.widths)} width lists"
             )
-        leading = {self.space.slots[i].out_channels for i in range(self.space.searchable()[0])}
-        if self.stem_widths and (self.stem_widths[-1] != self.space.stem_channels or
-                                 leading - {self.space.stem_channels}):  # fmt: skip
-            raise ValueError(f"{self.space.name}: an elastic stem needs the stem and the layers before "
-                             f"the first stage at one width, the last of stem_widths")  # fmt: skip
+        if self.stem_widths:
+            stem = self.space.stem_channels
+            leading = {self.space.slots[i].out_channels for i in range(self.space.searchable()[0])}
+            if self.stem_widths[-1] != stem or leading - {stem}:
+                raise ValueError(
+                    f"{self.space.name}: an elastic stem needs the stem and the layers before the first "
+                    f"stage at one width, the last of stem_widths"
+                )
 
     @property
     def name(self) -> str:
