@@ -4,14 +4,17 @@
   builds search) with ONNX Runtime (1 and 2 threads), then
   predict N random architectures of the space and measure each one, exported from PyTorch by the
   factory (not the graphs the profiler built), with ONNX Runtime. Also measures each network twice
-  to show the measurement's own repeatability on this (shared) machine.
+  to show the measurement's own repeatability on this (shared) machine. With ``--reference``, also
+  each network timed right after a reference network (the space's base), its time scaled by the
+  reference's prediction over the reference's time: the machine's drifting speed divides out, and
+  what is left is how well the model predicts latencies relative to one another.
 * pixel: leave-one-out on the five published MobileNetV2 Pixel 1 latencies (the per-op model is
   refitted without the held-out network), with and without the MobileNetV2 calibration.
 * note10: leave-one-resolution-out on the Once-for-All Note10 LUT (per-op model fitted on four
   resolutions, predicting every block of the fifth).
 
     python benchmarks/latency_fidelity.py [--networks 50] [--threads 1 2] [--skip-host] [--space S]
-        [--json out.json]
+        [--reference] [--json out.json]
 """
 
 from __future__ import annotations
@@ -64,7 +67,9 @@ def space_and_samples(space: str, networks: int, seed: int):
     return base, [found.arch(found.sample(rng), 10) for _ in range(networks)]
 
 
-def host(networks: int, threads_list: list[int], seed: int, space: str = "spnas-224") -> dict:
+def host(
+    networks: int, threads_list: list[int], seed: int, space: str = "spnas-224", reference: bool = False
+) -> dict:
     """Profile, then predicted vs measured for random architectures, per thread count."""
     from edgefab.export.onnx_export import export_onnx
     from edgefab.factory.network import build_network
@@ -99,8 +104,29 @@ def host(networks: int, threads_list: list[int], seed: int, space: str = "spnas-
             "mean_measured_ms": float(np.mean(first)),
             "seconds": round(time.time() - start),
         }
+        if reference:
+            scale = model.total_ms(base)
+            reference_timer = model_timer(
+                _exported(build_network, export_onnx, base, folder / "base.onnx"), threads
+            )
+            first = [scale * r for r in beside_reference(timers, reference_timer, 5)]
+            second = [scale * r for r in beside_reference(timers, reference_timer, 5)]
+            results[f"{threads} thread(s)"].update(
+                prediction_scaled=shares(predicted, first), repeat_scaled=shares(second, first)
+            )
         print(f"host, {threads} thread(s): done in {time.time() - start:.0f} s", file=sys.stderr)
     return results
+
+
+def beside_reference(timers, reference, rounds: int) -> list[float]:
+    """Each timer's time over the reference's, both timed back to back (10th percentile of a round's
+    calls), the median over ``rounds`` rounds."""
+    ratios: list[list[float]] = [[] for _ in timers]
+    for _ in range(rounds):
+        for index, timer in enumerate(timers):
+            base = np.percentile(reference(), 10)
+            ratios[index].append(float(np.percentile(timer(), 10) / base))
+    return [float(np.median(r)) for r in ratios]
 
 
 def _exported(build_network, export_onnx, spec, path: Path):
@@ -160,15 +186,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-host", action="store_true")
     parser.add_argument("--space", default="spnas-224", help="spnas-224 (the paper's) or digits-28, ...")
+    parser.add_argument("--reference", action="store_true", help="also time beside a reference network")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report = {"pixel": pixel(), "note10": note10()}
     if not args.skip_host:
-        report["host"] = host(args.networks, args.threads, args.seed, args.space)
+        report["host"] = host(args.networks, args.threads, args.seed, args.space, args.reference)
     print(HEADER)
     for name, result in report.get("host", {}).items():
         print(row(f"host, ONNX Runtime, {name}: predicted vs measured", result["prediction"]))
         print(row(f"host, ONNX Runtime, {name}: measured vs measured again", result["repeat_measurement"]))
+        if "prediction_scaled" in result:
+            print(
+                row(f"host, {name}: predicted vs measured beside the reference", result["prediction_scaled"])
+            )
+            print(row(f"host, {name}: beside the reference, again", result["repeat_scaled"]))
     print(row("pixel, MobileNetV2 leave-one-out", report["pixel"]["loo"]))
     print(row("pixel, MobileNetV2, table-only fit", report["pixel"]["table_only"]))
     for resolution, result in report["note10"].items():
