@@ -2,7 +2,8 @@
 
 Built on the same :class:`~edgefab.factory.superkernel.SuperMBConv` as Single-Path NAS: each
 searchable layer holds one 5x5, 6x-expanded kernel whose centre and first channels are the smaller
-ops, and a stage's narrower widths are its first output channels. ``forward(x, selection)`` runs
+ops, and a stage's (or an elastic stem's) narrower widths are its first output channels; fixed
+layers are sliced the same way (:func:`sliced_unit`). ``forward(x, selection)`` runs
 one sub-network; :meth:`ModularSupernet.extract` copies it out as a standalone
 :class:`~edgefab.factory.network.Network` (then only its batch norms need recalibrating).
 """
