@@ -175,6 +175,11 @@ def test_a_factory_loads_with_the_widths_it_was_trained_with(tiny_factory, tmp_p
     old = load_factory(tmp_path / "old")
     assert old.space == before and old.space.smallest().stem is None
     assert old.supernet.extract(old.space.smallest())[0].stem_channels == 16
+    for widths in (5, [[16, 24], [24]]):  # not a list of lists; two stages for three
+        (tmp_path / "old" / "factory.json").write_text(json.dumps({**meta, "widths": widths, "format": 1,
+            "files": json.loads((tmp_path / "old" / "factory.json").read_text())["files"]}))  # fmt: skip
+        with pytest.raises(EdgefabError, match="factory widths do not fit space digits-28"):
+            load_factory(tmp_path / "old")
 
 
 def test_customize_meets_the_budget(tiny_factory, digits):

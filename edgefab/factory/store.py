@@ -98,7 +98,7 @@ def trained_space(meta: dict[str, Any]) -> FactorySpace:
         return FactorySpace(
             space.space, tuple(tuple(w) for w in meta["widths"]), tuple(meta.get("stem_widths", ()))
         )
-    except ValueError as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise EdgefabError(
             f"factory widths do not fit space {meta['space']} ({error}); train it again"
         ) from None
