@@ -68,7 +68,7 @@ def _model_text(build: dict[str, Any]) -> str:
     factory = build["factory"]
     seconds = sum(factory["seconds"].values())
     modules = factory["modules"]
-    stem = "" if modules.get("stem") is None else f", stem {modules['stem']}"
+    stem = "".join(f", {key} {modules[key]}" for key in ("stem", "head") if modules.get(key) is not None)
     return (
         f"factory {factory['path']}, task {build['task']['text']}: {notation}, widths "
         f"{modules['widths']}{stem}; customised in {seconds:.1f} s"

@@ -41,7 +41,8 @@ def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
         ("factory", path),
         (
             "space",
-            f"{meta['space']} (stage widths {meta['widths']}, stem {meta.get('stem_widths') or 'fixed'})",
+            f"{meta['space']} (stage widths {meta['widths']}, stem {meta.get('stem_widths') or 'fixed'}, "
+            f"head {meta.get('head_widths') or 'fixed'})",
         ),
         ("data", f"{data['name']}: {len(data['classes'])} classes, {data['train_samples']} training images"),
         (
@@ -79,7 +80,7 @@ def train(
         str | None, typer.Option(help="Factory space (default: the one for the data's image shape).")
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 20,
-    pool: PoolOption = 192,
+    pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
     seed: Annotated[int, typer.Option(help="Seed of the split, initialisation, sampling.")] = 0,
@@ -106,7 +107,7 @@ def train(
 @user_errors
 def assemble(
     path: Annotated[Path, typer.Argument(help="Factory folder whose assembler to retrain (in place).")],
-    pool: PoolOption = 192,
+    pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
     steps: Annotated[int, typer.Option(min=1, help="Assembler training steps.")] = 1500,

@@ -11,7 +11,7 @@ from edgefab.factory.assembler import AssemblerConfig, module_features, predicte
 from edgefab.factory.space import FACTORY_SPACES
 
 SPACE = FACTORY_SPACES["digits-28"]
-# the stage-width decisions: after one per searchable layer, before the stem's width
+# the stage-width decisions: after one per searchable layer, before the stem's and head's widths
 STAGE_WIDTHS = slice(len(SPACE.space.searchable()), len(SPACE.space.searchable()) + len(SPACE.widths))
 DIGITS = [str(d) for d in range(10)]
 

@@ -190,7 +190,8 @@ def test_factory_widths_are_covered_pair_by_pair():
     from edgefab.pipeline.tune import covering_widths
 
     space = FACTORY_SPACES["digits-28"]
-    options = (space.stem_widths, *space.widths)  # the stem as a stage before the first
+    # the stem as a stage before the first, the head as one after the last
+    options = (space.stem_widths, *space.widths, space.head_widths)
     chosen = covering_widths(options)
     pairs = {(s, w[s - 1], w[s]) for w in chosen for s in range(1, len(w))}
     assert pairs == {(s, a, b) for s in range(1, len(options)) for a in options[s - 1] for b in options[s]}

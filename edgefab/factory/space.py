@@ -3,7 +3,8 @@
 Each searchable layer picks one of the superkernel's ops (``k3_e3`` .. ``k5_e6``, ``skip`` where
 the stage allows it); each stage picks its output width from a short list (the sparsity knob: a
 narrower stage uses the first channels of the shared weights, as Once-for-All's elastic width).
-A :class:`ModuleSelection` is one such choice; :meth:`FactorySpace.arch` turns it into an
+Some spaces also narrow the stem (with the fixed layers before the first stage) and the 1x1 head
+the same way. A :class:`ModuleSelection` is one such choice; :meth:`FactorySpace.arch` turns it into an
 :class:`~edgefab.arch.ArchSpec`, which latency models, extraction and export all read.
 """
 
@@ -21,27 +22,31 @@ from edgefab.spaces import SPACES, SearchSpace
 
 @dataclass(frozen=True)
 class ModuleSelection:
-    """One op per layer slot, one output width per stage and (where elastic) the stem's width."""
+    """One op per layer slot, one output width per stage and (where elastic) the stem's and the
+    head's widths."""
 
     choices: tuple[str, ...]
     widths: tuple[int, ...]
     stem: int | None = None  # None: the space's own stem width
+    head: int | None = None  # None: the space's own head width
 
     def notation(self) -> str:
-        """e.g. ``k3_e1 k5_e6 k3_e3 skip ...  widths 16/32/64  stem 8``: readable in tables and logs."""
+        """e.g. ``k3_e1 k5_e6 k3_e3 skip ...  widths 16/32/64  stem 8  head 96``: readable in tables."""
         stem = f"  stem {self.stem}" if self.stem is not None else ""
-        return " ".join(self.choices) + "  widths " + "/".join(map(str, self.widths)) + stem
+        head = f"  head {self.head}" if self.head is not None else ""
+        return " ".join(self.choices) + "  widths " + "/".join(map(str, self.widths)) + stem + head
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
+        """JSON form ("stem" and "head" only where set)."""
         data: dict[str, Any] = {"choices": list(self.choices), "widths": list(self.widths)}
-        return data if self.stem is None else {**data, "stem": self.stem}
+        elastic = {"stem": self.stem, "head": self.head}
+        return {**data, **{key: value for key, value in elastic.items() if value is not None}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModuleSelection:
         """Inverse of :meth:`to_dict`."""
-        stem = None if data.get("stem") is None else int(data["stem"])
-        return cls(tuple(data["choices"]), tuple(int(w) for w in data["widths"]), stem)
+        stem, head = (None if data.get(key) is None else int(data[key]) for key in ("stem", "head"))
+        return cls(tuple(data["choices"]), tuple(int(w) for w in data["widths"]), stem, head)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class FactorySpace:
     widths: tuple[tuple[int, ...], ...]  # per stage, ascending, the last the space's own width
     # The stem's and the fixed leading layers' widths, ascending, the last the space's own; () = fixed.
     stem_widths: tuple[int, ...] = ()
+    head_widths: tuple[
+        int, ...
+    ] = ()  # the 1x1 head's widths, ascending, the last the space's own; () = fixed
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.stages()):
@@ -66,6 +74,8 @@ class FactorySpace:
                     f"{self.space.name}: an elastic stem needs the stem and the layers before the first "
                     f"stage at one width, the last of stem_widths"
                 )
+        if self.head_widths and self.head_widths[-1] != self.space.head_channels:
+            raise ValueError(f"{self.space.name}: the last of head_widths must be the head's own width")
 
     @property
     def name(self) -> str:
@@ -88,7 +98,8 @@ class FactorySpace:
         """Every decision a selection makes, in a fixed order: (name, options)."""
         layer = [(f"layer{i}", self.space.slots[i].options()) for i in self.space.searchable()]
         stem = [("stem-width", self.stem_widths)] if self.stem_widths else []
-        return layer + [(f"stage{s}-width", w) for s, w in enumerate(self.widths)] + stem
+        head = [("head-width", self.head_widths)] if self.head_widths else []
+        return layer + [(f"stage{s}-width", w) for s, w in enumerate(self.widths)] + stem + head
 
     def selection(self, values: list) -> ModuleSelection:
         """A selection from one value per decision (the order of :meth:`decisions`)."""
@@ -97,23 +108,29 @@ class FactorySpace:
         for slot, value in zip(searchable, values[: len(searchable)], strict=True):
             choices[slot] = str(value)
         widths = values[len(searchable) : len(searchable) + len(self.widths)]
-        stem = int(values[-1]) if self.stem_widths else None
-        return ModuleSelection(tuple(choices), tuple(int(w) for w in widths), stem)
+        elastic = iter(values[len(searchable) + len(self.widths) :])
+        stem = int(next(elastic)) if self.stem_widths else None
+        head = int(next(elastic)) if self.head_widths else None
+        return ModuleSelection(tuple(choices), tuple(int(w) for w in widths), stem, head)
 
     def values(self, selection: ModuleSelection) -> list:
         """Inverse of :meth:`selection`."""
         stem = [selection.stem] if self.stem_widths else []
-        return [selection.choices[i] for i in self.space.searchable()] + list(selection.widths) + stem
+        head = [selection.head] if self.head_widths else []
+        return [selection.choices[i] for i in self.space.searchable()] + list(selection.widths) + stem + head
 
     def largest(self) -> ModuleSelection:
-        """Every layer at k5_e6, every stage (and the stem) at its widest."""
-        stem = self.stem_widths[-1] if self.stem_widths else None
-        return ModuleSelection(tuple(self.space.largest()), tuple(w[-1] for w in self.widths), stem)
+        """Every layer at k5_e6, every stage (and the stem and head) at its widest."""
+        widths = tuple(w[-1] for w in self.widths)
+        stem, head = (w[-1] if w else None for w in (self.stem_widths, self.head_widths))
+        return ModuleSelection(tuple(self.space.largest()), widths, stem, head)
 
     def smallest(self) -> ModuleSelection:
-        """Every skippable layer skipped, the rest k3_e3, every stage (and the stem) at its narrowest."""
-        stem = self.stem_widths[0] if self.stem_widths else None
-        return ModuleSelection(tuple(self.space.smallest()), tuple(w[0] for w in self.widths), stem)
+        """Every skippable layer skipped, the rest k3_e3, every stage (and the stem and head) at its
+        narrowest."""
+        widths = tuple(w[0] for w in self.widths)
+        stem, head = (w[0] if w else None for w in (self.stem_widths, self.head_widths))
+        return ModuleSelection(tuple(self.space.smallest()), widths, stem, head)
 
     def sample(self, rng: np.random.Generator) -> ModuleSelection:
         """Uniformly random decisions."""
@@ -123,6 +140,8 @@ class FactorySpace:
         """Raise a one-line error if ``selection`` is not a member of the space."""
         if selection.stem is not None and not self.stem_widths:
             raise EdgefabError(f"{self.name}: the stem's width is fixed here, a selection cannot set it")
+        if selection.head is not None and not self.head_widths:
+            raise EdgefabError(f"{self.name}: the head's width is fixed here, a selection cannot set it")
         for (name, options), value in zip(self.decisions(), self.values(selection), strict=True):
             if value not in options:
                 raise EdgefabError(f"{self.name}: {name} allows {options}, not {value!r}")
@@ -140,18 +159,25 @@ class FactorySpace:
             for i in range(self.space.searchable()[0]):
                 blocks[i] = replace(blocks[i], out_channels=selection.stem)
             spec = replace(spec, stem_channels=selection.stem)
+        if selection.head is not None:
+            spec = replace(spec, head_channels=selection.head)
         return replace(spec, blocks=tuple(blocks), name=f"factory-{self.name}")
 
 
-def _space(name: str, widths: tuple[tuple[int, ...], ...], stem: tuple[int, ...] = ()) -> FactorySpace:
-    return FactorySpace(SPACES[name], widths, stem)
+def _space(
+    name: str, widths: tuple[tuple[int, ...], ...], stem: tuple[int, ...] = (), head: tuple[int, ...] = ()
+) -> FactorySpace:
+    return FactorySpace(SPACES[name], widths, stem, head)
 
 
 FACTORY_SPACES: dict[str, FactorySpace] = {
     # The digits' stem and first stage go down to 8 channels: the from-scratch MobileNetV2 family's
     # narrow members (width 0.35-0.5) are that narrow there, and were faster than every sub-network
-    # of the space without it (BENCHMARKS.md, issue 5's dominance check).
-    "digits-28": _space("digits-28", ((8, 16, 24), (24, 32, 40), (48, 64, 80)), stem=(8, 16)),
+    # of the space without it (BENCHMARKS.md, issue 5's dominance check). The head narrows for the
+    # same reason: the family's w0.35 has 88 channels there, w0.5 128.
+    "digits-28": _space(
+        "digits-28", ((8, 16, 24), (24, 32, 40), (48, 64, 80)), stem=(8, 16), head=(96, 160, 256)
+    ),
     "cifar-32": _space("cifar-32", ((16, 24), (24, 32, 40), (48, 64, 80), (64, 80, 96))),
 }
 

@@ -96,7 +96,10 @@ def trained_space(meta: dict[str, Any]) -> FactorySpace:
     space = factory_space(meta["space"])
     try:
         return FactorySpace(
-            space.space, tuple(tuple(w) for w in meta["widths"]), tuple(meta.get("stem_widths", ()))
+            space.space,
+            tuple(tuple(w) for w in meta["widths"]),
+            tuple(meta.get("stem_widths", ())),
+            tuple(meta.get("head_widths", ())),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise EdgefabError(

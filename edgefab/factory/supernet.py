@@ -2,8 +2,8 @@
 
 Built on the same :class:`~edgefab.factory.superkernel.SuperMBConv` as Single-Path NAS: each
 searchable layer holds one 5x5, 6x-expanded kernel whose centre and first channels are the smaller
-ops, and a stage's (or an elastic stem's) narrower widths are its first output channels; fixed
-layers are sliced the same way (:func:`sliced_unit`). ``forward(x, selection)`` runs
+ops, and a stage's (or an elastic stem's or head's) narrower widths are its first output channels;
+fixed layers and the classifier are sliced the same way (:func:`sliced_unit`). ``forward(x, selection)`` runs
 one sub-network; :meth:`ModularSupernet.extract` copies it out as a standalone
 :class:`~edgefab.factory.network.Network` (then only its batch norms need recalibrating).
 """
@@ -42,12 +42,14 @@ class ModularSupernet(nn.Module):
                 x = block.forward_choice(x, choice, selection.widths[self._stage_of[index]])
             else:  # a fixed layer before the first stage: as wide as the stem
                 x = sliced_mbconv(block, x, stem, self.training)
-        x = sliced_unit(self.head, x, self.fspace.space.head_channels, self.training)
+        x = sliced_unit(self.head, x, selection.head or self.fspace.space.head_channels, self.training)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def forward(self, x: torch.Tensor, selection: ModuleSelection) -> torch.Tensor:
-        """All-class logits of the sub-network ``selection``."""
-        return self.classifier(self.features(x, selection))
+        """All-class logits of the sub-network ``selection`` (a narrow head reads the classifier's
+        first columns)."""
+        features = self.features(x, selection)
+        return F.linear(features, self.classifier.weight[:, : features.shape[1]], self.classifier.bias)
 
     @torch.no_grad()
     def extract(self, selection: ModuleSelection) -> tuple[ArchSpec, Network]:
@@ -67,7 +69,7 @@ class ModularSupernet(nn.Module):
                 load_first_channels(target, block)
             cin = arch_block.out_channels
         load_first_channels(network.head, self.head)
-        network.classifier.load_state_dict(self.classifier.state_dict())
+        load_first_channels(network.classifier, self.classifier)
         return spec, network.eval()
 
 

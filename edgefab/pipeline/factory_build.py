@@ -74,12 +74,13 @@ def space_layers(space: FactorySpace, classes: int) -> tuple[list[Layer], list]:
     """Every distinct layer any sub-network of ``space`` can have, and a few random sub-networks' specs.
 
     A layer's shape depends on its op, its stage's width and the previous stage's (or the stem's)
-    width; skipping keeps shapes. So every op on every slot, under every combination of stage and
-    stem widths, covers them.
+    width, the head's on the last stage's and its own; skipping keeps shapes. So every op on every
+    slot, under every combination of stage, stem and head widths, covers them.
     """
     searchable = space.space.searchable()
     layers: dict[str, Layer] = {}
-    for widths in itertools.product(*space.widths, *([space.stem_widths] if space.stem_widths else [])):
+    elastic = [options for options in (space.stem_widths, space.head_widths) if options]
+    for widths in itertools.product(*space.widths, *elastic):
         for op in CHOICES:
             values = [op] * len(searchable) + [int(w) for w in widths]
             for layer in spec_layers(space.arch(space.selection(values), classes)):

@@ -48,7 +48,9 @@ class FactoryJob:
     space: str | None = None  # default: the built-in space for the data's image shape
     epochs: int = 20
     random_subnets: int = 2
-    pool: int = 192
+    # 384: the digits space has 162 width assignments (18 before its elastic stem and head); a pool
+    # of 192 left the assembler no better than uniform sampling there (BENCHMARKS.md, issue 5 (c))
+    pool: int = 384
     pool_samples: int = 1000  # validation images each pool member is scored on (of 1597 for digits)
     assembler_targets: tuple[str, ...] = ASSEMBLER_TARGETS  # latency models whose budgets it learns
     assembler_steps: int = 1500
@@ -90,6 +92,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
         "space": fspace.name,
         "widths": [list(w) for w in fspace.widths],
         "stem_widths": list(fspace.stem_widths),
+        "head_widths": list(fspace.head_widths),
         "data": {
             "spec": job.data,
             "name": data.name,

@@ -7,10 +7,10 @@ is an identity). So the networks with every searchable slot at one choice (``k3_
 are MetaSchedule's tasks. Once they are in the target's database (``edgefab.export.tuning``), every
 later factory, search or build output of that space compiles tuned, with no trials of its own.
 
-The factory also narrows each stage and, in some spaces, the stem (``edgefab.factory.space``): the
-first layer of a stage then maps the previous stage's (or the stem's) width to its own, so every
-pair of neighbouring widths must occur in some network; a few width assignments per choice cover
-them all.
+The factory also narrows each stage and, in some spaces, the stem and the head
+(``edgefab.factory.space``): the first layer of a stage (and the head) then maps the previous
+stage's (or the stem's) width to its own, so every pair of neighbouring widths must occur in some
+network; a few width assignments per choice cover them all.
 """
 
 from __future__ import annotations
@@ -56,15 +56,17 @@ def space_networks(space: SearchSpace, num_classes: int) -> list[ArchSpec]:
     factory = FACTORY_SPACES.get(space.name)
     if factory is None:
         return [space.arch([slot.fixed or choice for slot in space.slots], num_classes) for choice in CHOICES]
+    # an elastic stem counts as a stage before the first, an elastic head as one after the last
     stem = (factory.stem_widths,) if factory.stem_widths else ()
+    head = (factory.head_widths,) if factory.head_widths else ()
+    stages = slice(len(stem), len(stem) + len(factory.widths))
     specs = []
     for choice in CHOICES:
         choices = tuple(slot.fixed or choice for slot in space.slots)
-        for widths in covering_widths(stem + factory.widths):  # the stem as a stage before the first
-            if stem:
-                selection = ModuleSelection(choices, widths[1:], widths[0])
-            else:
-                selection = ModuleSelection(choices, widths)
+        for widths in covering_widths(stem + factory.widths + head):
+            selection = ModuleSelection(
+                choices, widths[stages], widths[0] if stem else None, widths[-1] if head else None
+            )
             specs.append(factory.arch(selection, num_classes))
     return specs
 
