@@ -63,6 +63,14 @@ def tune_command(
         Path | None,
         typer.Option(help="Afterwards write the database here in edgefab's shipped format (.json.gz)."),
     ] = None,
+    only_untuned: Annotated[
+        bool,
+        typer.Option(
+            "--only-untuned",
+            help="Tune only the kernels without a tuned record (e.g. after the space gained widths); "
+            "--trials are spread over those.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Tune every distinct layer shape of a search space into the target's tuning database.
@@ -73,7 +81,7 @@ def tune_command(
     """
     from edgefab.pipeline.tune import SpaceTuneJob, tune_space
 
-    job = SpaceTuneJob(target, space, trials, num_classes, seed, rpc, key, export)
+    job = SpaceTuneJob(target, space, trials, num_classes, seed, rpc, key, export, only_untuned)
     try:
         with RichProgress(enabled=not as_json) as progress:
             report = tune_space(job, progress)
@@ -83,6 +91,10 @@ def tune_command(
     for note in report["warnings"]:
         stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
     rows = [("target", report["target"]), ("space", report["space"]), *tuning_rows(report)]
+    if only_untuned:
+        rows.insert(
+            2, ("chosen", f"{report['kernels_chosen']} of {report['kernels']} kernels had no tuned record")
+        )
     if report["shipped_database"] and report["shipped_database"]["records"]:
         rows.insert(2, ("shipped database", shipped_row(report["shipped_database"])))
     if report["exported"]:

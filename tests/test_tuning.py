@@ -264,3 +264,23 @@ def test_space_kernels_match_trained_networks_not_fresh_ones(tmp_path):
     )
     assert len(unique_tasks([one, other])) == len(one)  # any trained weights: the same kernels
     assert len(unique_tasks([one, fresh])) > len(one)  # the fresh network's kernels differ
+
+
+@pytest.mark.slow
+def test_only_untuned_chooses_the_new_kernels(tmp_path):
+    """``edgefab tune --only-untuned``: after one network is tuned, a wider sibling's new kernels are
+    chosen and the kernels tuned before are not."""
+    from edgefab.pipeline.tune import untuned_tasks
+
+    path = tmp_path / "a.onnx"
+    onnx.save(one_conv(), str(path))
+    compile_model(CompileOptions(path, target="host", out=tmp_path / "o", tune=6))
+    folder = tuning.database_dir("host", host_tvm_target())
+    database = tuning.open_database(folder, create=False)
+    old = tuning.extract_tasks(import_onnx(one_conv()), host_tvm_target())
+    new = tuning.extract_tasks(import_onnx(one_conv(channels=16)), host_tvm_target())
+    tuned = [task for task in old if tuning.trials_in_database(database, task) > 0]
+    chosen = untuned_tasks(old + new, folder)
+    assert tuned and not any(task is done for task in chosen for done in tuned)
+    # the 16-channel convolution is a kernel no record holds
+    assert any("conv" in task.task_name and any(task is n for n in new) for task in chosen), chosen

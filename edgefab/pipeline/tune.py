@@ -28,7 +28,14 @@ from edgefab.errors import EdgefabError
 from edgefab.export.measure import tuning_target
 from edgefab.export.onnx_export import export_onnx
 from edgefab.export.shipped_tuning import export_database, seed_from_shipped, shipped_database
-from edgefab.export.tuning import database_dir, database_summary, extract_tasks, tune
+from edgefab.export.tuning import (
+    database_dir,
+    database_summary,
+    extract_tasks,
+    open_database,
+    trials_in_database,
+    tune,
+)
 from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
 from edgefab.factory.network import build_network
 from edgefab.factory.space import FACTORY_SPACES, ModuleSelection
@@ -49,6 +56,7 @@ class SpaceTuneJob:
     rpc: str | None = None  # HOST:PORT of a TVM RPC tracker: measure on the device registered there
     key: str | None = None  # that device's key
     export: Path | None = None  # write the database here afterwards, in edgefab's shipped format
+    only_untuned: bool = False  # spend the trials on kernels without a tuned record only
 
 
 def space_networks(space: SearchSpace, num_classes: int) -> list[ArchSpec]:
@@ -137,6 +145,14 @@ def space_tasks(space: SearchSpace, num_classes: int, tvm_target: dict[str, Any]
     return unique_tasks(task_lists)
 
 
+def untuned_tasks(tasks: list, folder: Path) -> list:
+    """The ``tasks`` whose kernel has no tuned record in the database at ``folder``: what a space's
+    new widths added, so they can be tuned without topping up the kernels tuned before (a plain
+    ``tune`` spreads its trials over every kernel below its share)."""
+    database = open_database(folder, create=True)
+    return [task for task in tasks if trials_in_database(database, task) == 0]
+
+
 def check_export_path(path: Path | None) -> None:
     """Refuse an ``--export`` path that cannot hold a shipped database, before any tuning."""
     if path is None:
@@ -161,13 +177,15 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     if options.device is None and shipped_database(target.name):
         progress.stage("seeding from edgefab's shipped tuning database")
         seeded = seed_from_shipped(tasks, folder, target.name, tvm_target, progress.advance)
-    progress.stage(f"tuning {len(tasks)} kernels, up to {job.trials} trials")
-    report = tune(tasks, folder, options, progress.advance)
+    chosen = untuned_tasks(tasks, folder) if job.only_untuned else tasks
+    progress.stage(f"tuning {len(chosen)} kernels, up to {job.trials} trials")
+    report = tune(chosen, folder, options, progress.advance)
     summary = {
         "target": target.name,
         "space": space.name,
         "networks": [" ".join(spec.notation()) for spec in space_networks(space, job.num_classes)],
         "kernels": len(tasks),
+        "kernels_chosen": len(chosen),
         **report.to_dict(),
         "shipped_database": seeded.to_dict() if seeded else None,
         "database": database_summary(folder),
