@@ -47,8 +47,8 @@ def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
         ("data", f"{data['name']}: {len(data['classes'])} classes, {data['train_samples']} training images"),
         (
             "training",
-            f"{training['epochs']} epochs sandwich rule, {training['processes']} process(es), "
-            f"{training['seconds']:.0f} s",
+            f"{training['epochs']} epochs sandwich rule, {training['processes']} process(es) on "
+            f"{training.get('device', 'cpu')}, {training['seconds']:.0f} s",
         ),  # fmt: skip
         (
             "pool",
@@ -84,14 +84,21 @@ def train(
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
     seed: Annotated[int, typer.Option(help="Seed of the split, initialisation, sampling.")] = 0,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the supernet trains: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N."
+        ),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Train the supernet (sandwich rule) and the assembler once; start with torchrun for many processes."""
+    """Train the supernet (sandwich rule) and the assembler once; start with torchrun for many
+    processes (one per GPU: each takes cuda:LOCAL_RANK)."""
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
     job = FactoryJob(
         data=data, out=out, space=space, epochs=epochs, pool=pool, pool_samples=pool_samples,
-        assembler_targets=_names(assembler_targets), seed=seed,
+        assembler_targets=_names(assembler_targets), seed=seed, device=device,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, meta = train_factory(job, progress)

@@ -341,8 +341,23 @@ def test_supernet_training_under_torchrun(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((out / "factory.json").read_text())
-    assert meta["training"]["processes"] == 2
+    assert meta["training"]["processes"] == 2 and meta["training"]["device"] == "cpu"
     load_factory(out)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is")
+def test_factory_train_on_an_absent_gpu_is_refused_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgefab.cli import app
+
+    out = tmp_path / "factory"
+    result = CliRunner().invoke(app, ["factory", "train", "--out", str(out), "--device", "cuda"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--device cuda: torch sees no CUDA GPU here; use --device cpu" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(app, ["factory", "train", "--out", str(out), "--device", "tpu"])
+    assert result.exit_code == 2 and "unknown --device 'tpu'" in result.output
 
 
 def test_factory_training_is_reproducible_from_its_seed(tiny_factory, tmp_path):

@@ -29,7 +29,13 @@ from edgefab.factory.scoring import all_class_logits, subnetwork, task_accuracy
 from edgefab.factory.space import FactorySpace, ModuleSelection, factory_space, space_for_shape
 from edgefab.factory.store import META_FILE, Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
-from edgefab.factory.supertrain import SupernetTrainConfig, init_distributed, train_supernet, world
+from edgefab.factory.supertrain import (
+    SupernetTrainConfig,
+    init_distributed,
+    train_supernet,
+    training_device,
+    world,
+)
 from edgefab.factory.train import dataset_fingerprint
 from edgefab.pipeline.common import Progress, SilentProgress
 from edgefab.pipeline.factory_build import space_latency_model
@@ -56,6 +62,7 @@ class FactoryJob:
     assembler_steps: int = 1500
     seed: int = 0
     train_samples: int | None = None  # a subset, for quick runs and tests
+    device: str = "auto"  # where the supernet trains (auto, cpu, cuda, cuda:N); the rest runs on the CPU
 
 
 def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
@@ -65,7 +72,8 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
     out = Path(job.out)
     if out.exists() and not (out / META_FILE).is_file():
         raise EdgefabError(f"{out} exists and is not a factory folder; remove it or choose another --out")
-    init_distributed()
+    device = training_device(job.device)  # an absent GPU fails here, before any work
+    init_distributed(device)
     rank, size = world()
     progress.stage(f"loading data {job.data}")
     data = load_dataset(job.data)
@@ -80,8 +88,10 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
     config = SupernetTrainConfig(epochs=job.epochs, random_subnets=job.random_subnets, seed=job.seed)
     torch.manual_seed(job.seed)
     supernet = ModularSupernet(fspace, data.num_classes)
-    progress.stage(f"training the supernet ({job.epochs} epochs, sandwich rule, {size} process(es))")
-    seconds = train_supernet(supernet, train, prep, config, progress.advance)
+    progress.stage(
+        f"training the supernet ({job.epochs} epochs, sandwich rule, {size} process(es), {device})"
+    )
+    seconds = train_supernet(supernet, train, prep, config, progress.advance, device)
     if rank != 0:
         return out, {}
     sections = pool_and_assembler(supernet, train, val, prep, job, targets, progress)
@@ -103,7 +113,12 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
             "split_seed": job.seed,
         },  # fmt: skip
         "preprocessing": prep,
-        "training": {**asdict(config), "processes": size, "seconds": round(seconds, 1)},
+        "training": {
+            **asdict(config),
+            "processes": size,
+            "device": str(device),
+            "seconds": round(seconds, 1),
+        },
         **sections,
     }
     progress.stage(f"writing {out}")
