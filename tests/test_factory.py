@@ -12,7 +12,14 @@ from edgefab.data import load_dataset, train_val_split
 from edgefab.data.tasks import Task, apply_task, parse_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import Assembler, AssemblerConfig, relative_budget, train_assembler
-from edgefab.factory.customize import CustomizeOptions, GroupHead, customize, latency_range, propose
+from edgefab.factory.customize import (
+    CustomizeOptions,
+    GroupHead,
+    customize,
+    latency_range,
+    propose,
+    scoring_effort,
+)
 from edgefab.factory.scoring import group_logits, task_accuracy
 from edgefab.factory.space import FACTORY_SPACES, FactorySpace, ModuleSelection
 from edgefab.factory.store import Factory, load_factory, save_factory
@@ -197,6 +204,18 @@ def test_a_factory_loads_with_the_widths_it_was_trained_with(tiny_factory, tmp_p
             load_factory(tmp_path / "old")
 
 
+def test_cheaper_budgets_score_more_candidates_on_more_images():
+    options = CustomizeOptions(scored=3, val_samples=500)
+    assert scoring_effort(options, 0.135, 0.135) == options  # at the largest's cost: as asked
+    assert scoring_effort(options, None, 0.135) == options  # no budget: the largest is allowed
+    cheap = scoring_effort(options, 0.049, 0.135)  # 2.76x cheaper
+    assert (cheap.scored, cheap.val_samples) == (8, 1000)  # images capped at 1000
+    tiny = scoring_effort(options, 0.01, 0.135)
+    assert tiny.scored == 12  # at most 4x
+    fixed = replace(options, scale_scoring=False)
+    assert scoring_effort(fixed, 0.049, 0.135) == fixed
+
+
 def test_customize_meets_the_budget(tiny_factory, digits):
     train, val = digits
     factory = load_factory(tiny_factory[0])
@@ -216,7 +235,8 @@ def test_customize_meets_the_budget(tiny_factory, digits):
         assert chosen.head == "fitted" and chosen.network.classifier.out_features == 2
     linear = customize(factory, task, model, budget, train, val, replace(options, group_head=False))
     assert linear.head == "fitted"
-    assert 0.0 < chosen.relative_budget < 1.0 and len(chosen.candidates) == 2
+    assert 0.0 < chosen.relative_budget < 1.0
+    assert len(chosen.candidates) == scoring_effort(options, budget, largest).scored > 2  # a cheap budget
     with torch.no_grad():
         assert chosen.network(torch.zeros(1, 1, 28, 28)).shape == (1, 2)
     with pytest.raises(
