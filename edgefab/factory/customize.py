@@ -82,21 +82,22 @@ class Customized:
 class GroupHead(nn.Module):
     """The all-class classifier read as a grouping: the output is the log of each group's summed
     class probabilities (equal, up to a per-sample constant, to the log-sum-exp of its classes'
-    logits). Built from Softmax, Gather, ReduceSum, Concat, Clip and Log, ops that ONNX Runtime's
-    quantization shape inference knows (it fails on ReduceLogSumExp)."""
+    logits). Softmax, a MatMul by the 0/1 class-to-group matrix, Clip and Log: ops that ONNX
+    Runtime's quantization shape inference knows (it fails on ReduceLogSumExp), and few of them,
+    since on the smallest sub-networks every op counts (a Gather and ReduceSum per group, as
+    before, made the network 1.09x as slow as with a linear head; this form 1.06x)."""
 
     def __init__(self, classifier: nn.Linear, groups: list[list[int]]):
         super().__init__()
         self.linear = classifier
         self.groups = [list(members) for members in groups]
+        membership = torch.zeros(classifier.out_features, len(self.groups))
         for index, members in enumerate(self.groups):
-            self.register_buffer(f"members{index}", torch.tensor(members, dtype=torch.long), persistent=False)
+            membership[members, index] = 1.0
+        self.register_buffer("membership", membership, persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        probabilities = self.linear(features).softmax(1)
-        members = [getattr(self, f"members{i}") for i in range(len(self.groups))]
-        groups = torch.cat([probabilities.index_select(1, m).sum(1, keepdim=True) for m in members], dim=1)
-        return groups.clamp_min(1e-30).log()
+        return (self.linear(features).softmax(1) @ self.membership).clamp_min(1e-30).log()
 
 
 def restrict(data: Dataset, task: Task) -> Dataset:
