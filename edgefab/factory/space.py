@@ -57,9 +57,8 @@ class FactorySpace:
     widths: tuple[tuple[int, ...], ...]  # per stage, ascending, the last the space's own width
     # The stem's and the fixed leading layers' widths, ascending, the last the space's own; () = fixed.
     stem_widths: tuple[int, ...] = ()
-    head_widths: tuple[
-        int, ...
-    ] = ()  # the 1x1 head's widths, ascending, the last the space's own; () = fixed
+    # The 1x1 head's widths, ascending, the last the space's own; () = fixed.
+    head_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.stages()):

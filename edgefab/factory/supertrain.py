@@ -87,7 +87,7 @@ def train_supernet(
     torch.manual_seed(config.seed)
     rank, size = world()
     supernet.to(device)
-    images = torch.from_numpy(to_float(train.images, prep)).to(device)  # 25 MB for 8,000 digits
+    images = torch.from_numpy(to_float(train.images, prep)).to(device)  # about 20 MB for the digits
     labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)
     steps = max(1, len(labels) // config.batch_size)
     optimizer = torch.optim.AdamW(supernet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
