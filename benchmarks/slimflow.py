@@ -19,7 +19,7 @@ from pathlib import Path
 from edgefab.flow.distill import DISTILL_LR, DistillOptions
 from edgefab.flow.rectified import OptimOptions
 from edgefab.flow.reflow import AnnealOptions
-from edgefab.flow.slim import FIRST_WIDTH, PAIRS, SlimOptions, slim
+from edgefab.flow.slim import FIRST_WIDTH, PAIRS, SOLVER, SlimOptions, slim
 from edgefab.flow.teacher import TeacherOptions, train_teacher
 from edgefab.pipeline.flow_report import ReportOptions, flow_report
 
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--first-width", type=float, default=FIRST_WIDTH)
     parser.add_argument("--pairs", type=int, default=PAIRS)
-    parser.add_argument("--solver", default="euler:16")
+    parser.add_argument("--solver", default=SOLVER)
     parser.add_argument("--reflow-steps", type=int, default=3000)
     parser.add_argument("--anneal-steps", type=int, default=1500)
     parser.add_argument("--schedule", default="linear")

@@ -96,7 +96,7 @@ def slim(
     ] = 3000,  # edgefab.flow.slim.PAIRS (the CLI imports no torch at start-up)
     solver: Annotated[
         str, typer.Option(help="Teacher's solver for the pairs: euler:N or rk45.")
-    ] = "euler:16",
+    ] = "rk45",  # edgefab.flow.slim.SOLVER
     reflow_steps: Annotated[
         int, typer.Option("--reflow-steps", min=1, help="Annealing reflow steps.")
     ] = 3000,

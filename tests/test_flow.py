@@ -350,10 +350,13 @@ def test_report_refuses_a_slim_checkpoint_whose_teacher_is_gone(tiny_slim, tmp_p
 
 
 def test_cli_defaults_are_the_library_defaults():
-    """The CLI repeats the pair count as a literal (it imports no torch at start-up): keep them equal."""
+    """The CLI repeats the pair count and solver as literals (it imports no torch at start-up): keep
+    them equal."""
     import inspect
 
-    from edgefab.flow.slim import PAIRS, SlimOptions
+    from edgefab.flow.slim import PAIRS, SOLVER, SlimOptions
     from edgefab.flow_cli import slim
 
-    assert inspect.signature(slim).parameters["pairs"].default == PAIRS == SlimOptions.pairs
+    parameters = inspect.signature(slim).parameters
+    assert parameters["pairs"].default == PAIRS == SlimOptions.pairs
+    assert parameters["solver"].default == SOLVER == SlimOptions.solver

@@ -54,6 +54,11 @@ PAIRS = 3000
 # The first level (14x14 on the digits) at 0.75 instead of 0.5: 24/32/32 channels, 0.316 of the
 # teacher's parameters, scored 110.7 against 131-135 at 16/32/32 (BENCHMARKS.md, SlimFlow).
 FIRST_WIDTH = 0.75
+# The teacher's adaptive RK45 (about 50 evaluations) for the pairs, not 16 Euler steps: a student
+# cannot be better than its pairs, and at the default length RK45 pairs scored 79.9 against 97.5
+# (Euler 16) for 92 s more of the teacher; at four times the steps 52.3 against 71.5 (BENCHMARKS.md,
+# SlimFlow, fifth part).
+SOLVER = "rk45"
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class SlimOptions:
     width: float = 0.5
     first_width: float = FIRST_WIDTH  # the first (highest-resolution) level's width
     pairs: int = PAIRS
-    solver: str = "euler:16"  # how the teacher's pairs are solved: euler:N or rk45
+    solver: str = SOLVER  # how the teacher's pairs are solved: euler:N or rk45
     anneal: AnnealOptions = field(default_factory=AnnealOptions)
     distill: DistillOptions = field(default_factory=DistillOptions)
     eval_samples: int = 1000  # per set for the Frechet distance (0: skip scoring)
