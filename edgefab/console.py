@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +46,14 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class RichProgress:
-    """The pipeline's :class:`~edgefab.pipeline.common.Progress` drawn with rich on stderr."""
+    """The pipeline's :class:`~edgefab.pipeline.common.Progress` drawn with rich on stderr.
+
+    Where stderr is not a terminal (a log file, a pipe, CI), rich draws only the last frame when the
+    command ends, so a long run would log nothing while it works; there a plain line is written per
+    stage and per tenth of a stage instead, with the seconds since the start."""
 
     def __init__(self, enabled: bool = True):
+        self._plain = enabled and not stderr.is_terminal
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -55,10 +61,12 @@ class RichProgress:
             TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),
             console=stderr,
-            disable=not enabled,
+            disable=not enabled or self._plain,
             transient=False,
         )
         self._task: Any = None
+        self._start = time.perf_counter()
+        self._tenth = -1
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -74,12 +82,23 @@ class RichProgress:
             total = task.total or 1
             self._progress.update(self._task, total=total, completed=total)
 
+    def _line(self, text: str) -> None:
+        seconds = time.perf_counter() - self._start
+        stderr.print(f"[{seconds:6.0f} s] {text}", highlight=False, markup=False, soft_wrap=True)
+
     def stage(self, description: str) -> None:
         self._finish_task()
         self._task = self._progress.add_task(description, total=None)
+        self._tenth = -1
+        if self._plain:
+            self._line(description)
 
     def advance(self, done: int, total: int) -> None:
         self._progress.update(self._task, completed=done, total=total)
+        tenth = 10 * done // max(1, total)
+        if self._plain and tenth != self._tenth:
+            self._tenth = tenth
+            self._line(f"  {done}/{total}")
 
 
 def emit(data: Any, as_json: bool, table: Table | None = None) -> None:

@@ -148,3 +148,22 @@ def test_console_script_exit_code_and_one_line():
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: unknown target 'nokia'")
+
+
+def test_progress_writes_plain_lines_where_stderr_is_no_terminal(capsys):
+    """A long run logged to a file shows its stages and every tenth of a stage while it works (rich
+    alone would draw only its last frame at the end); disabled (``--json``) it writes nothing."""
+    from edgefab.console import RichProgress
+
+    with RichProgress() as progress:
+        progress.stage("training")
+        for step in range(1, 101):
+            progress.advance(step, 100)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("] training") and lines[0].startswith("[")
+    counts = [line.split("]")[1].strip() for line in lines[1:]]
+    assert counts == ["1/100"] + [f"{k}/100" for k in range(10, 101, 10)]
+    with RichProgress(enabled=False) as progress:
+        progress.stage("hidden")
+        progress.advance(1, 2)
+    assert capsys.readouterr().err == ""
