@@ -79,6 +79,16 @@ def test_another_machine_remeasures_every_schedule_here(shipped, tmp_path):
 
 
 @pytest.mark.slow
+def test_records_timed_on_another_thread_count_are_remeasured(shipped, tmp_path):
+    path, tasks, records = shipped
+    one_thread = rewrite(path, tmp_path / "old.json.gz", lambda p: p["machine"].pop("threads"))
+    report = shipped_tuning.seed_database(
+        tasks, tmp_path / "db", one_thread, tuning_target(host_tvm_target()), lambda c: [[1e-3]] * len(c)
+    )
+    assert report.kernels_copied == 0 and report.kernels_remeasured == len(tasks)
+
+
+@pytest.mark.slow
 def test_user_records_win_and_other_versions_are_ignored(shipped, tmp_path):
     path, tasks, _ = shipped
     target = tuning_target(host_tvm_target())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefab.export.rpc_tuning import export_candidate
+from edgefab.runtime.tvm_threads import tvm_thread_count, use_tvm_threads
 
 RUN_TIMEOUT_S = 60.0
 
@@ -28,12 +29,23 @@ def build_candidate(mod, target):
 
 
 def tuning_target(tvm_target: dict[str, Any]) -> dict[str, Any]:
-    """The TVM target to tune and compile tuned code with: MetaSchedule needs ``num-cores``."""
-    import psutil
+    """The TVM target to tune and compile tuned code with: MetaSchedule needs ``num-cores``.
 
+    For this machine it is the thread count the code will run with (see
+    :mod:`edgefab.runtime.tvm_threads`), and local measurements run on as many threads.
+    """
     if tvm_target.get("kind") != "llvm" or "num-cores" in tvm_target:
         return dict(tvm_target)
-    return {**tvm_target, "num-cores": psutil.cpu_count(logical=False) or 1}
+    return {**tvm_target, "num-cores": tvm_thread_count()}
+
+
+def local_runner(tuning_target: dict[str, Any]):
+    """MetaSchedule's runner on this machine, its worker processes on the target's ``num-cores``
+    threads (the count tuned code runs with here)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    use_tvm_threads(int(tuning_target.get("num-cores", 0)))  # the workers inherit the environment
+    return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
 
 
 def cpu_intrinsics_only() -> None:
@@ -91,7 +103,7 @@ def measure_here(
             built.append(False)
         report(done, total)
     with contextlib.redirect_stdout(devnull()):
-        futures = iter(ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S).run(inputs))
+        futures = iter(local_runner(tvm_target).run(inputs))
     times = []
     for done, ok in enumerate(built, len(candidates) + 1):
         result = next(futures).result() if ok else None

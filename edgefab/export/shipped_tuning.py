@@ -6,10 +6,10 @@ without trials. The file keeps, per kernel (MetaSchedule workload, keyed by its 
 best tuned schedules and the default schedule's record, with the machine they were measured on.
 
 Before use a shipped record is trusted only on the machine that measured it: the same resolved TVM
-target (``mcpu``, core count) and the same CPU model. Anywhere else its schedules are candidates,
-re-measured here first (a few seconds per kernel, once: they then live in the user's database), so
-the best one is the best *here*. Only kernels the user's database lacks are seeded; a user's own
-measurements always win.
+target (``mcpu``, core count), the same CPU model and the same measuring thread count. Anywhere else
+its schedules are candidates, re-measured here first (a few seconds per kernel, once: they then live
+in the user's database), so the best one is the best *here*. Only kernels the user's database lacks
+are seeded; a user's own measurements always win.
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ def cpu_model() -> str:
 
 
 def machine_identity(tuning_target: dict[str, Any]) -> dict[str, Any]:
-    """What must match for shipped records to be used as measured: TVM target and CPU model."""
-    return {"tvm_target": tuning_target, "cpu": cpu_model()}
+    """What must match for shipped records to be used as measured: TVM target, CPU model and the
+    thread count the kernels were timed with (files made before edgefab set it lack ``threads``:
+    TVM had picked one thread on 2-core machines)."""
+    threads = int(tuning_target.get("num-cores", 0))
+    return {"tvm_target": tuning_target, "cpu": cpu_model(), "threads": threads}
 
 
 def shipped_database(target_name: str) -> Path | None:

@@ -34,10 +34,10 @@ from typing import Any
 from edgefab.errors import EdgefabError
 from edgefab.export.default_schedule import compete_with_default, is_default
 from edgefab.export.measure import (
-    RUN_TIMEOUT_S,
     build_candidate,
     cpu_intrinsics_only,
     devnull,
+    local_runner,
     tuning_target,
 )
 from edgefab.export.rpc_tuning import RpcDevice, device_gone, export_candidate, rpc_runner
@@ -307,7 +307,8 @@ def _run_tuner(
     # MetaSchedule logs every step to stdout (which must stay clean for --json); its log files keep it.
     # Its stream handlers outlive the run, so the stream they were given stays open.
     with contextlib.redirect_stdout(devnull()):
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S) if local else rpc_runner(options.device)
+        cores = int(todo[0].target.attrs.get("num-cores", 0))  # every task has the tuning target
+        runner = local_runner({"num-cores": cores}) if local else rpc_runner(options.device)
         export = export_candidate(options.device)
         for start in range(0, len(todo), TASKS_PER_ROUND):
             round_tasks = todo[start : start + TASKS_PER_ROUND]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefab.cache import cache_dir
+from edgefab.export.measure import tuning_target
 
 META_FILE = "meta.json"
 
@@ -30,7 +31,10 @@ def database_dir(target_name: str, tvm_target: dict[str, Any]) -> Path:
 
 
 def _target_dir(target_name: str, tvm_target: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(tvm_target, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    # num-cores is the thread count local candidates are timed with; records timed with another
+    # count (databases made before edgefab set it ran on one thread here) belong in another folder.
+    keyed = {**tuning_target(tvm_target), "timed_threads": "num-cores"}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target_name)
     return cache_dir() / "tvm-tuning" / f"{safe}-{digest}"
 

@@ -113,7 +113,7 @@ def compile_with_tvm(
         return TvmOutcome(artifact=None, error=str(exc))
     if not artifact.runs_here:
         return TvmOutcome(artifact=artifact)
-    engine = TVMEngine(artifact.path, list(feeds))
+    engine = TVMEngine(artifact.path, list(feeds), target.threads)
     outputs = engine.run(feeds)
     diff = max_abs_diff(reference, outputs)
     samples = time_calls(lambda: engine.run(feeds), warmup=3, runs=20)

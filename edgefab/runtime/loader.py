@@ -64,7 +64,7 @@ class Package:
         else:
             from edgefab.runtime.tvm_engine import TVMEngine
 
-            self._runner = TVMEngine(path / entry["file"], [i["name"] for i in self.inputs])
+            self._runner = TVMEngine(path / entry["file"], [i["name"] for i in self.inputs], threads)
 
     @property
     def labels(self) -> list[str] | None:

@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from edgefab.errors import EdgefabError
+from edgefab.runtime.tvm_threads import use_tvm_threads
 
 
 class TVMEngine:
     """A compiled host library (``.so``) loaded into a Relax virtual machine."""
 
-    def __init__(self, library: Path, input_names: list[str]):
-        """Load ``library``; ``input_names`` is the order of ``main``'s parameters (graph input order)."""
+    def __init__(self, library: Path, input_names: list[str], threads: int = 0):
+        """Load ``library``; ``input_names`` is the order of ``main``'s parameters (graph input order).
+
+        Kernels run on ``threads`` threads (0: all physical cores, as ONNX Runtime does; see
+        :mod:`edgefab.runtime.tvm_threads`).
+        """
         import tvm
         from tvm import relax
 
@@ -25,6 +30,7 @@ class TVMEngine:
         if not library.is_file():
             raise EdgefabError(f"TVM library {library} does not exist")
         self._tvm = tvm
+        self.threads = use_tvm_threads(threads)
         self.input_names = list(input_names)
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
         self._main = self._vm["main"]
