@@ -1,12 +1,14 @@
 """PyTorch eager vs ONNX Runtime vs TVM (untuned, tuned, space database) on this machine, with the floor.
 
-Run: nice -n 10 python benchmarks/compile_speed.py [--trials 64] [--trials-space 128] [--skip mobilenetv2-224]
+Run: nice -n 10 python benchmarks/compile_speed.py [--trials 64] [--trials-space 128] [--skip MobileNetV2]
 
 Models: the two shared third-party models (PP-OCR's text classifier at 1x3x48x192, Silero VAD on
 512-sample chunks), the digits model of ``edgefab build --target host`` (the factory's choice), and
 a MobileNetV2-style network at 224 (the ``mnasnet-224`` space with every searchable layer an
 expansion-6 3x3 inverted residual, 1000 classes). Each engine gets the same graph and the same
-seeded inputs and uses all cores. "TVM tuned" tunes the model into a fresh database in a temporary
+seeded inputs and uses all cores (TVM: as many threads as ONNX Runtime); the engines of a model
+are timed in 5 interleaved rounds of 10 calls each (median of the 50), so a slow phase of this
+shared machine falls on all of them. "TVM tuned" tunes the model into a fresh database in a temporary
 folder (so neither the user's database nor earlier runs help it) and states its trials and wall
 time. "TVM space db" first tunes every distinct kernel of the model's search space into another
 fresh database (``edgefab tune --space``), then compiles the model with it: the model itself costs
@@ -24,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +38,13 @@ from edgefab.export.stats import model_stats
 from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
 from edgefab.pipeline.common import SilentProgress
 from edgefab.runtime.tvm_engine import TVMEngine
+from edgefab.runtime.tvm_threads import tvm_thread_count
 from edgefab.targets import load_target
 from edgefab.targets.latency import time_calls
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
-RUNS = 50
+RUNS = 50  # timed calls per engine, spread over ROUNDS rounds
+ROUNDS = 5
 
 
 @dataclass
@@ -67,26 +72,24 @@ def _timed(call) -> float:
     return time.perf_counter() - start
 
 
-def ort_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[float, list[np.ndarray]]:
-    """Median ms of ONNX Runtime (CPU provider, all cores), and its outputs."""
+def ort_runner(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[Callable, list[np.ndarray]]:
+    """A call of ONNX Runtime (CPU provider, all cores) on ``feeds``, and its outputs."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    samples = time_calls(lambda: session.run(None, feeds), warmup=10, runs=RUNS)
-    return float(np.median(samples)), session.run(None, feeds)
+    return (lambda: session.run(None, feeds)), session.run(None, feeds)
 
 
-def tvm_ms(executable, feeds: dict[str, np.ndarray], work: Path, tag: str) -> tuple[float, list[np.ndarray]]:
-    """Median ms of a TVM executable (exported, loaded back like a package does), and its outputs."""
+def tvm_runner(executable, feeds: dict[str, np.ndarray], work: Path, tag: str) -> tuple[Callable, list]:
+    """A call of a TVM executable (exported, loaded back like a package does), and its outputs."""
     path = work / f"{tag}.so"
     executable.export_library(str(path))
     engine = TVMEngine(path, list(feeds))
-    samples = engine.time_ms(feeds, repeat=RUNS, warmup=10)
-    return float(np.median(samples)), engine.run(feeds)
+    return (lambda: engine.run(feeds)), engine.run(feeds)
 
 
-def torch_ms(spec, feeds: dict[str, np.ndarray]) -> float:
-    """Median ms of the architecture in PyTorch eager (inference mode, all cores)."""
+def torch_runner(spec, feeds: dict[str, np.ndarray]) -> Callable:
+    """A call of the architecture in PyTorch eager (inference mode, all cores)."""
     import torch
 
     from edgefab.factory.network import build_network
@@ -94,8 +97,25 @@ def torch_ms(spec, feeds: dict[str, np.ndarray]) -> float:
     torch.set_num_threads(os.cpu_count() or 1)
     network = build_network(spec).eval()
     (data,) = [torch.from_numpy(v) for v in feeds.values()]
-    with torch.inference_mode():
-        return float(np.median(time_calls(lambda: network(data), warmup=10, runs=RUNS)))
+
+    def call():
+        with torch.inference_mode():
+            return network(data)
+
+    return call
+
+
+def interleaved_medians(calls: dict[str, Callable]) -> dict[str, float]:
+    """Median ms of each call over ``ROUNDS`` rounds that take the engines in turn.
+
+    The machine's speed drifts over seconds; timing every engine in each round spreads a slow
+    phase over all of them instead of one, so the ratios hold better than the times.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(ROUNDS):
+        for name, call in calls.items():
+            samples[name] += time_calls(call, warmup=2, runs=RUNS // ROUNDS)
+    return {name: float(np.median(times)) for name, times in samples.items()}
 
 
 def space_database(space_name: str, tvm_target: dict, trials: int, folder: Path) -> dict:
@@ -123,12 +143,14 @@ def bench_case(case: Case, trials: int, space_trials: int | str, peak: float, wo
     import tvm
 
     tvm_target = resolve_tvm_target(load_target("host"))
-    ort_time, reference = ort_ms(case.model, case.feeds)
-    row = {"model": case.name, "flops": 2 * model_stats(case.model)["macs"], "onnxruntime_ms": ort_time}
-    row["pytorch_ms"] = torch_ms(case.spec, case.feeds) if case.spec is not None else None
+    calls: dict[str, Callable] = {}
+    calls["onnxruntime_ms"], reference = ort_runner(case.model, case.feeds)
+    row = {"model": case.name, "flops": 2 * model_stats(case.model)["macs"]}
+    if case.spec is not None:
+        calls["pytorch_ms"] = torch_runner(case.spec, case.feeds)
     mod = import_onnx(case.model)
     executable = tvm.compile(mod, tvm.target.Target(tvm_target))
-    row["tvm_untuned_ms"], out = tvm_ms(executable, case.feeds, work, f"{case.name}-u")
+    calls["tvm_untuned_ms"], out = tvm_runner(executable, case.feeds, work, f"{case.name}-u")
     diffs = {"untuned": graph.max_abs_diff(reference, out)}
     folder = work / f"db-{len(os.listdir(work))}"
     row["tuning"] = tuning.tune(
@@ -136,9 +158,9 @@ def bench_case(case: Case, trials: int, space_trials: int | str, peak: float, wo
     )
     row["tuning"] = row["tuning"].to_dict()
     tuned = tuning.compile_tuned(import_onnx(case.model), tvm_target, folder)
-    row["tvm_tuned_ms"], out = tvm_ms(tuned, case.feeds, work, f"{case.name}-t")
+    calls["tvm_tuned_ms"], out = tvm_runner(tuned, case.feeds, work, f"{case.name}-t")
     diffs["tuned"] = graph.max_abs_diff(reference, out)
-    row["tvm_space_ms"] = row["space"] = None
+    row["pytorch_ms"] = row["tvm_space_ms"] = row["space"] = None
     if case.space and space_trials:
         folder = work / f"space-{case.space}"
         if space_trials == "shipped":
@@ -158,8 +180,9 @@ def bench_case(case: Case, trials: int, space_trials: int | str, peak: float, wo
             "model_trials": 0,
         }
         compiled = tuning.compile_tuned(import_onnx(case.model), tvm_target, folder)
-        row["tvm_space_ms"], out = tvm_ms(compiled, case.feeds, work, f"{case.name}-s")
+        calls["tvm_space_ms"], out = tvm_runner(compiled, case.feeds, work, f"{case.name}-s")
         diffs["space"] = graph.max_abs_diff(reference, out)
+    row.update(interleaved_medians(calls))
     row["max_abs_diff"] = diffs
     row["roofline_floor_ms"] = row["flops"] / (peak * 1e9) * 1e3
     return row
@@ -202,7 +225,8 @@ def onnx_case(name: str, file: str, shapes: dict, values: dict) -> Case:
 def table(rows: list[dict], peak: float) -> str:
     """The markdown table of the results."""
     lines = [
-        f"Peak measured here (numpy float32 matmul, all cores): {peak:.1f} GFLOP/s",
+        f"Peak measured here (numpy float32 matmul, all cores): {peak:.1f} GFLOP/s; "
+        f"TVM kernels run (and are tuned) on {tvm_thread_count()} threads",
         "",
         "| model | PyTorch eager ms | ONNX Runtime ms | TVM untuned ms | TVM tuned ms | tuned / ORT "
         "| tuning (kernels, trials, wall time) | TVM space db ms (kernels covered) | roofline floor ms |",
@@ -245,31 +269,33 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=64, help="trials per model for 'TVM tuned'")
     parser.add_argument("--trials-space", default="128",
                         help="trials for the space database, or 'shipped' for edgefab's own")  # fmt: skip
-    parser.add_argument("--skip", action="append", default=[], help="skip models whose name starts so")
+    parser.add_argument("--skip", action="append", default=[],
+                        help="skip models: digits, ppocr, silero or MobileNetV2 (a prefix)")  # fmt: skip
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     peak = peak_gflops()
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgefab-bench-") as folder:
         work = Path(folder)
-        makers = [
-            lambda: digits_case(work / "build"),
-            lambda: onnx_case("ppocr_mobile_v2_cls 1x3x48x192", "ppocr_mobile_v2_cls.onnx",
-                              {"x": [1, 3, 48, 192]}, {}),
-            lambda: onnx_case("silero_vad_16k_op15 1x512", "silero_vad_16k_op15.onnx",
-                              {"input": [1, 512], "state": [2, 1, 128]}, {"sr": np.array(16000)}),
-            lambda: mobilenet_case(work),
-        ]  # fmt: skip
-        for make in makers:
+        makers = {
+            "digits": lambda: digits_case(work / "build"),
+            "ppocr": lambda: onnx_case("ppocr_mobile_v2_cls 1x3x48x192", "ppocr_mobile_v2_cls.onnx",
+                                       {"x": [1, 3, 48, 192]}, {}),
+            "silero": lambda: onnx_case("silero_vad_16k_op15 1x512", "silero_vad_16k_op15.onnx",
+                                        {"input": [1, 512], "state": [2, 1, 128]}, {"sr": np.array(16000)}),
+            "MobileNetV2": lambda: mobilenet_case(work),
+        }  # fmt: skip
+        for key, make in makers.items():
+            if any(key.startswith(prefix) for prefix in args.skip):
+                continue  # before making the case: the digits case runs a whole build
             case = make()
-            if any(case.name.startswith(prefix) for prefix in args.skip):
-                continue
             started = time.perf_counter()
             space = args.trials_space if args.trials_space == "shipped" else int(args.trials_space)
             rows.append(bench_case(case, args.trials, space, peak, work))
             print(f"{case.name}: {time.perf_counter() - started:.0f} s", flush=True)
             if args.json_out:  # after every model, so a run that dies can still be read
-                args.json_out.write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=2) + "\n")
+                figures = {"peak_gflops": peak, "tvm_threads": tvm_thread_count(), "rows": rows}
+                args.json_out.write_text(json.dumps(figures, indent=2) + "\n")
     print(table(rows, peak))
 
 

@@ -1,4 +1,5 @@
-"""Building and timing single kernels on this machine, as MetaSchedule's tuning does.
+"""Building and timing single kernels on this machine, as MetaSchedule's tuning does, and the
+MetaSchedule plumbing tuning needs (an in-process builder, a progress callback, its log handlers).
 
 Shared by tuning (:mod:`edgefab.export.tuning`) and by re-measuring shipped schedules
 (:mod:`edgefab.export.shipped_tuning`).
@@ -110,3 +111,59 @@ def measure_here(
         times.append(list(result.run_secs) if result and result.error_msg is None else None)
         report(done, total)
     return times
+
+
+def in_process_builder(export: Callable[[Any], str]):
+    """A MetaSchedule builder that compiles candidates in this process, one after another.
+
+    The default ``LocalBuilder`` starts fresh worker processes for every batch; each imports TVM
+    (8-10 s on a busy 2-core machine) and its build function imports every tensor intrinsic (about
+    40 s), past its 30 s timeout, so every candidate "failed". Building a CPU kernel takes well under
+    a second, so building here is both faster and simpler.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _InProcessBuilder(ms.builder.PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for item in build_inputs:
+                try:
+                    artifact = export(build_candidate(item.mod, item.target))
+                    results.append(ms.builder.BuilderResult(artifact, None))
+                except Exception as exc:  # a candidate that fails to build is a failed trial
+                    results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            return results
+
+    return _InProcessBuilder()
+
+
+def progress_callback(on_batch: Callable[[int, list], None]):
+    """A MeasureCallback telling ``on_batch`` how many candidates were measured so far, and the
+    batch's runner results."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.done += len(measure_candidates)
+            on_batch(self.done, list(runner_results))
+
+    return _Progress()
+
+
+def drop_nameless_log_handlers() -> None:
+    """MetaSchedule rebuilds its logging with dictConfig, naming the handlers already on its logger by
+    ``get_name()``; a handler without a name (one a host application or pytest left there) makes
+    that fail with "'NoneType' object has no attribute 'format'". Such a handler cannot be named in
+    a dictConfig anyway, so it is taken off first."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in [h for h in logger.handlers if h.get_name() is None]:
+        logger.removeHandler(handler)

@@ -37,7 +37,10 @@ from edgefab.export.measure import (
     build_candidate,
     cpu_intrinsics_only,
     devnull,
+    drop_nameless_log_handlers,
+    in_process_builder,
     local_runner,
+    progress_callback,
     tuning_target,
 )
 from edgefab.export.rpc_tuning import RpcDevice, device_gone, export_candidate, rpc_runner
@@ -90,32 +93,6 @@ class TuningReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-serialisable data."""
         return dict(self.__dict__)
-
-
-def _in_process_builder(export: Callable[[Any], str]):
-    """A MetaSchedule builder that compiles candidates in this process, one after another.
-
-    The default ``LocalBuilder`` starts fresh worker processes for every batch; each imports TVM
-    (8-10 s on a busy 2-core machine) and its build function imports every tensor intrinsic (about
-    40 s), past its 30 s timeout, so every candidate "failed". Building a CPU kernel takes well under
-    a second, so building here is both faster and simpler.
-    """
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
-    @derived_object
-    class _InProcessBuilder(ms.builder.PyBuilder):
-        def build(self, build_inputs):
-            results = []
-            for item in build_inputs:
-                try:
-                    artifact = export(build_candidate(item.mod, item.target))
-                    results.append(ms.builder.BuilderResult(artifact, None))
-                except Exception as exc:  # a candidate that fails to build is a failed trial
-                    results.append(ms.builder.BuilderResult(None, f"{type(exc).__name__}: {exc}"))
-            return results
-
-    return _InProcessBuilder()
 
 
 def _cost_model() -> str:
@@ -257,36 +234,6 @@ def _strategy(per_task: int):
     )
 
 
-def _progress_callback(on_batch: Callable[[int, list], None]):
-    """A MeasureCallback telling ``on_batch`` how many candidates were measured so far, and the
-    batch's runner results."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
-    @derived_object
-    class _Progress(ms.measure_callback.PyMeasureCallback):
-        def __init__(self) -> None:
-            self.done = 0
-
-        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            self.done += len(measure_candidates)
-            on_batch(self.done, list(runner_results))
-
-    return _Progress()
-
-
-def _drop_nameless_log_handlers() -> None:
-    """MetaSchedule rebuilds its logging with dictConfig, naming the handlers already on its logger by
-    ``get_name()``; a handler without a name (one a host application or pytest left there) makes
-    that fail with "'NoneType' object has no attribute 'format'". Such a handler cannot be named in
-    a dictConfig anyway, so it is taken off first."""
-    import logging
-
-    logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    for handler in [h for h in logger.handlers if h.get_name() is None]:
-        logger.removeHandler(handler)
-
-
 def _run_tuner(
     todo: list,
     folder: Path,
@@ -299,7 +246,7 @@ def _run_tuner(
     from tvm.s_tir import meta_schedule as ms
 
     cpu_intrinsics_only()
-    _drop_nameless_log_handlers()
+    drop_nameless_log_handlers()
     budget, per_task = trials
     logs = str(folder / "logs")
     local = options.device is None
@@ -331,13 +278,13 @@ def _run_tuner(
                 max_trials_global=round_budget,
                 max_trials_per_task=per_task,
                 num_trials_per_iter=min(64, per_task),
-                builder=_in_process_builder(export),
+                builder=in_process_builder(export),
                 runner=runner,
                 database=database,
                 cost_model=cost_model,
                 measure_callbacks=[
                     *ms.measure_callback.MeasureCallback.create("default"),
-                    _progress_callback(report),
+                    progress_callback(report),
                 ],  # fmt: skip
             )
             measured[0] += in_round[0]
