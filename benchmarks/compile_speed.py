@@ -6,16 +6,17 @@ Models: the two shared third-party models (PP-OCR's text classifier at 1x3x48x19
 512-sample chunks), the digits model of ``edgefab build --target host`` (the factory's choice), and
 a MobileNetV2-style network at 224 (the ``mnasnet-224`` space with every searchable layer an
 expansion-6 3x3 inverted residual, 1000 classes). Each engine gets the same graph and the same
-seeded inputs and uses all cores (TVM: as many threads as ONNX Runtime); the engines of a model
-are timed in 5 interleaved rounds of 10 calls each (median of the 50), so a slow phase of this
-shared machine falls on all of them. "TVM tuned" tunes the model into a fresh database in a temporary
-folder (so neither the user's database nor earlier runs help it) and states its trials and wall
-time. "TVM space db" first tunes every distinct kernel of the model's search space into another
-fresh database (``edgefab tune --space``), then compiles the model with it: the model itself costs
-no trials; the column says how many of its kernels the space database covered. PyTorch eager runs
-the same architecture (random weights; the time does not depend on them) where edgefab has the
-PyTorch module; the two third-party models exist only as ONNX. The floor is the model's FLOPs
-(2 x MACs) over this machine's measured float32 matmul peak (numpy), a bound no engine reaches.
+seeded inputs and uses all cores (TVM: as many threads as ONNX Runtime); the engines of a model take
+turns in 15 rounds of 10 calls, a pause apart: a time is the median of the rounds' medians, "tuned /
+ORT" the median of the ratios within each round (see ``interleaved_medians``). "TVM tuned" tunes the
+model into a fresh database in a temporary folder (so neither the user's database nor earlier runs
+help it) and states its trials and wall time. "TVM space db" first tunes every distinct kernel of
+the model's search space into another fresh database (``edgefab tune --space``), then compiles the
+model with it: the model itself costs no trials; the column says how many of its kernels the space
+database covered. PyTorch eager runs the same architecture (random weights; the time does not depend
+on them) where edgefab has the PyTorch module; the two third-party models exist only as ONNX. The
+floor is the model's FLOPs (2 x MACs) over this machine's measured float32 matmul peak (numpy), a
+bound no engine reaches.
 Prints a markdown table and writes the figures as JSON (--json-out).
 """
 
@@ -43,8 +44,9 @@ from edgefab.targets import load_target
 from edgefab.targets.latency import time_calls
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
-RUNS = 50  # timed calls per engine, spread over ROUNDS rounds
-ROUNDS = 5
+ROUNDS = 15  # rounds in which every engine of a model is timed in turn
+CALLS_PER_ROUND = 10  # timed calls per engine and round (median taken)
+PAUSE_S = 0.2  # between rounds, so that they spread over the machine's slow and fast phases
 
 
 @dataclass
@@ -106,16 +108,23 @@ def torch_runner(spec, feeds: dict[str, np.ndarray]) -> Callable:
 
 
 def interleaved_medians(calls: dict[str, Callable]) -> dict[str, float]:
-    """Median ms of each call over ``ROUNDS`` rounds that take the engines in turn.
+    """Median ms of each call, and each TVM call's median ratio to ONNX Runtime (``*_vs_ort``).
 
-    The machine's speed drifts over seconds; timing every engine in each round spreads a slow
-    phase over all of them instead of one, so the ratios hold better than the times.
+    The machine's speed drifts by up to 2x over seconds, and ONNX Runtime's threads lose more to a
+    busy neighbour than TVM's. So the engines take turns in ``ROUNDS`` rounds a pause apart (spread
+    over several seconds); a ratio is taken within each round, where both engines met the same
+    phase, and its median over the rounds is the figure to quote.
     """
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    rounds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(ROUNDS):
         for name, call in calls.items():
-            samples[name] += time_calls(call, warmup=2, runs=RUNS // ROUNDS)
-    return {name: float(np.median(times)) for name, times in samples.items()}
+            rounds[name].append(float(np.median(time_calls(call, warmup=2, runs=CALLS_PER_ROUND))))
+        time.sleep(PAUSE_S)
+    figures = {name: float(np.median(values)) for name, values in rounds.items()}
+    for name in [n for n in calls if n.startswith("tvm_")]:
+        ratios = np.array(rounds[name]) / np.array(rounds["onnxruntime_ms"])
+        figures[name.replace("_ms", "_vs_ort")] = float(np.median(ratios))
+    return figures
 
 
 def space_database(space_name: str, tvm_target: dict, trials: int, folder: Path) -> dict:
@@ -244,7 +253,7 @@ def table(rows: list[dict], peak: float) -> str:
             f"{r['onnxruntime_ms']:.3f}",
             f"{r['tvm_untuned_ms']:.3f}",
             f"{r['tvm_tuned_ms']:.3f}",
-            f"{r['tvm_tuned_ms'] / r['onnxruntime_ms']:.2f}x",
+            f"{r['tvm_tuned_vs_ort']:.2f}x",
             f"{t['tasks']} kernels, {t['new_trials']} trials, {t['seconds']:.0f} s ({t['cost_model']})",
             space,
             f"{r['roofline_floor_ms']:.4f}",

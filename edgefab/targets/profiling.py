@@ -228,7 +228,13 @@ def _measurer(target: Target, runtime: str, threads: int, rpc: str | None, key: 
     if runtime != "tvm":
         runtime_version(runtime)  # raises the one-line error
     if rpc is not None:
-        return TvmMeasurer(target, connect_tracker(rpc, key or "", timeout_s), work)
+        session = connect_tracker(rpc, key or "", timeout_s)
+        # On the device: mode 1 takes the big cores first (a phone's little cores would set the pace).
+        session.get_function("runtime.config_threadpool")(1, threads)
+        return TvmMeasurer(target, session, work)
     from tvm import rpc as tvm_rpc
 
+    # TVM sizes a thread's pool once, from TVM_NUM_THREADS, else half the logical CPUs on x86 (one
+    # thread on a 2-core machine without hyper-threads): the table says it was measured on ``threads``.
+    os.environ["TVM_NUM_THREADS"] = str(threads)
     return TvmMeasurer(target, tvm_rpc.LocalSession(), work)
