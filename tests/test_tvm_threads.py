@@ -62,6 +62,15 @@ def test_a_users_tvm_num_threads_wins(library):
     assert run_python(ENGINE_THREADS.format(path=library, threads=2), TVM_NUM_THREADS="1") == "1 1"
 
 
+def test_a_users_tvm_num_threads_stays_for_every_later_engine():
+    code = (
+        "from edgefab.runtime.tvm_threads import use_tvm_threads\n"
+        "print(use_tvm_threads(2), use_tvm_threads(0), use_tvm_threads(2))"
+    )
+    assert run_python(code, TVM_NUM_THREADS="1") == "1 1 1"
+    assert run_python(code) == f"2 {tvm_threads.physical_cores()} 2"  # edgefab's own value may change
+
+
 def test_physical_cores_stay_within_the_cpus_this_process_may_use():
     assert 1 <= tvm_threads.physical_cores() <= len(os.sched_getaffinity(0))
 

@@ -31,20 +31,27 @@ def physical_cores() -> int:
     return max(1, min(available, round(available * physical / logical)))
 
 
+def _users_value() -> int | None:
+    """A positive ``TVM_NUM_THREADS`` the user set (not one edgefab wrote), else None."""
+    value = os.environ.get(_ENV, "").strip()
+    if not value or _ours.get(_ENV) == value or not value.isdigit() or int(value) < 1:
+        return None
+    return int(value)
+
+
 def tvm_thread_count(threads: int = 0) -> int:
     """The thread count TVM code runs with for a target's ``threads`` (0: all physical cores)."""
-    user = os.environ.get(_ENV)
-    if user and _ours.get(_ENV) != user and user.strip().isdigit() and int(user) > 0:
-        return int(user)
-    return threads if threads > 0 else physical_cores()
+    return _users_value() or (threads if threads > 0 else physical_cores())
 
 
 def use_tvm_threads(threads: int = 0) -> int:
     """Make TVM code run by this process use ``tvm_thread_count(threads)`` threads; returns it.
 
     Call before the first kernel runs in a thread (its pool is sized then) and before MetaSchedule
-    starts its runner processes (they inherit the environment).
+    starts its runner processes (they inherit the environment). A user's ``TVM_NUM_THREADS`` is
+    left as it is.
     """
     count = tvm_thread_count(threads)
-    os.environ[_ENV] = _ours[_ENV] = str(count)
+    if _users_value() is None:
+        os.environ[_ENV] = _ours[_ENV] = str(count)
     return count
