@@ -246,7 +246,8 @@ def table(rows: list[dict], peak: float) -> str:
         space = "-"
         if r["space"]:
             tuned = r["space"].get("kernels_on_tuned_schedules", "?")
-            space = f"{r['tvm_space_ms']:.3f} ({r['space']['kernels_covered']} in db, {tuned} tuned)"
+            space = (f"{r['tvm_space_ms']:.3f} ({r['space']['kernels_covered']} in db, {tuned} tuned; "
+                     f"{r['tvm_space_vs_ort']:.2f}x ORT)")  # fmt: skip
         cells = [
             r["model"],
             f"{r['pytorch_ms']:.3f}" if r["pytorch_ms"] is not None else "-",

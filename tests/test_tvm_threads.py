@@ -84,11 +84,10 @@ def test_tuning_measures_with_the_thread_count_the_code_runs_with():
 
 
 MEASURED_THREADS = """
-import json, numpy as np
+import json, os
 from edgefab.export.measure import local_runner
 runner = local_runner({"num-cores": 3})
-# the runner's worker processes inherit the environment set for them
-import os; print(json.dumps(os.environ["TVM_NUM_THREADS"]))
+print(json.dumps(os.environ["TVM_NUM_THREADS"]))  # the runner's worker processes inherit it
 """
 
 
