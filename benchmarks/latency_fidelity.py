@@ -103,6 +103,11 @@ def host(
             "layers_profiled": len(table.layers),
             "mean_measured_ms": float(np.mean(first)),
             "seconds": round(time.time() - start),
+            # per network, to tell a systematic miss (the model) from scatter (the timing)
+            "networks": [
+                {"predicted_ms": p, "measured_ms": m, "again_ms": a}
+                for p, m, a in zip(predicted, first, second, strict=True)
+            ],
         }
         if reference:
             scale = model.total_ms(base)
