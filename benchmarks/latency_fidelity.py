@@ -14,7 +14,7 @@
   resolutions, predicting every block of the fifth).
 
     python benchmarks/latency_fidelity.py [--networks 50] [--threads 1 2] [--skip-host] [--space S]
-        [--reference] [--json out.json]
+        [--reference] [--export-workers N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +70,14 @@ def space_and_samples(space: str, networks: int, seed: int):
 
 
 def host(
-    networks: int, threads_list: list[int], seed: int, space: str = "spnas-224", reference: bool = False
+    networks: int,
+    threads_list: list[int],
+    seed: int,
+    space: str = "spnas-224",
+    reference: bool = False,
+    export_workers: int = 1,
 ) -> dict:
     """Profile, then predicted vs measured for random architectures, per thread count."""
-    from edgefab.export.onnx_export import export_onnx
-    from edgefab.factory.network import build_network
     from edgefab.targets import load_target
     from edgefab.targets.latency import latency_model
     from edgefab.targets.measured import measure_rounds, model_timer
@@ -83,9 +88,11 @@ def host(
     folder = Path(tempfile.gettempdir()) / f"edgefab-fidelity-{space}-{seed}"  # exports kept for reruns
     folder.mkdir(exist_ok=True)
     start = time.time()
-    models = [
-        _exported(build_network, export_onnx, spec, folder / f"n{i}.onnx") for i, spec in enumerate(specs)
-    ]
+    paths = [folder / f"n{i}.onnx" for i in range(len(specs))]
+    if export_workers > 1:  # exporting is most of a run at 224; the files are then found cached
+        with ProcessPoolExecutor(export_workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_export_only, specs, paths))
+    models = [_exported(spec, path) for spec, path in zip(specs, paths, strict=True)]
     print(f"exported {networks} networks from PyTorch in {time.time() - start:.0f} s", file=sys.stderr)
     results = {}
     for threads in threads_list:
@@ -111,9 +118,7 @@ def host(
         }
         if reference:
             scale = model.total_ms(base)
-            reference_timer = model_timer(
-                _exported(build_network, export_onnx, base, folder / "base.onnx"), threads
-            )
+            reference_timer = model_timer(_exported(base, folder / "base.onnx"), threads)
             first = [scale * r for r in beside_reference(timers, reference_timer, 5)]
             second = [scale * r for r in beside_reference(timers, reference_timer, 5)]
             results[f"{threads} thread(s)"].update(
@@ -134,9 +139,12 @@ def beside_reference(timers, reference, rounds: int) -> list[float]:
     return [float(np.median(r)) for r in ratios]
 
 
-def _exported(build_network, export_onnx, spec, path: Path):
+def _exported(spec, path: Path):
     """The network of ``spec`` as ONNX, exported once (the same spec and seed give the same file)."""
     import onnx
+
+    from edgefab.export.onnx_export import export_onnx
+    from edgefab.factory.network import build_network
 
     meta, described = path.with_suffix(".json"), json.dumps(spec.to_dict())
     if path.is_file() and meta.is_file() and meta.read_text() == described:
@@ -144,6 +152,14 @@ def _exported(build_network, export_onnx, spec, path: Path):
     model = export_onnx(build_network(spec), (1, *spec.input_shape), path)
     meta.write_text(described)
     return model
+
+
+def _export_only(spec, path: Path) -> None:
+    """``_exported`` in a worker process: one torch thread, so that workers do not crowd each other."""
+    import torch
+
+    torch.set_num_threads(1)
+    _exported(spec, path)
 
 
 def pixel() -> dict:
@@ -192,11 +208,14 @@ def main() -> None:
     parser.add_argument("--skip-host", action="store_true")
     parser.add_argument("--space", default="spnas-224", help="spnas-224 (the paper's) or digits-28, ...")
     parser.add_argument("--reference", action="store_true", help="also time beside a reference network")
+    parser.add_argument("--export-workers", type=int, default=1, help="processes exporting the networks")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report = {"pixel": pixel(), "note10": note10()}
     if not args.skip_host:
-        report["host"] = host(args.networks, args.threads, args.seed, args.space, args.reference)
+        report["host"] = host(
+            args.networks, args.threads, args.seed, args.space, args.reference, args.export_workers
+        )
     print(HEADER)
     for name, result in report.get("host", {}).items():
         print(row(f"host, ONNX Runtime, {name}: predicted vs measured", result["prediction"]))
