@@ -17,12 +17,14 @@ database covered. PyTorch eager runs the same architecture (random weights; the 
 on them) where edgefab has the PyTorch module; the two third-party models exist only as ONNX. The
 floor is the model's FLOPs (2 x MACs) over this machine's measured float32 matmul peak (numpy), a
 bound no engine reaches.
-Prints a markdown table and writes the figures as JSON (--json-out).
+Prints a markdown table and writes the figures as JSON (--json-out); --keep DIR keeps the tuning
+databases (a ``db-N`` folder per model) and libraries for a later look or export.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -282,11 +284,14 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[],
                         help="skip models: digits, ppocr, silero or MobileNetV2 (a prefix)")  # fmt: skip
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this folder and keep it (tuning databases, libraries)")  # fmt: skip
     args = parser.parse_args()
     peak = peak_gflops()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="edgefab-bench-") as folder:
-        work = Path(folder)
+    with contextlib.ExitStack() as stack:
+        work = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefab-bench-")))
+        work.mkdir(parents=True, exist_ok=True)
         makers = {
             "digits": lambda: digits_case(work / "build"),
             "ppocr": lambda: onnx_case("ppocr_mobile_v2_cls 1x3x48x192", "ppocr_mobile_v2_cls.onnx",
