@@ -6,7 +6,7 @@ same shapes) and the whole call, on the threads TVM gets (``TVM_NUM_THREADS``, e
 cores as edgefab sets them). The kernels' sum against the whole call shows how much is the Relax
 VM's own work between kernels; the slowest kernels show where tuning or layout falls short.
 
-    python benchmarks/tvm_kernels.py build/mnist-host/mnist-host [--threads 2] [--top 12]
+    python benchmarks/tvm_kernels.py build/mnist-host [--threads 2] [--top 12]   # edgefab build --target host
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ def main() -> None:
     import tvm
     from tvm import relax
 
+    if not (args.package / "model.so").is_file():
+        raise SystemExit(f"{args.package} has no model.so: give a package built for a target that runs here")
     manifest = json.loads((args.package / "manifest.json").read_text())
     library = tvm.runtime.load_module(str(args.package / "model.so"))
     vm = relax.VirtualMachine(library, tvm.cpu())
