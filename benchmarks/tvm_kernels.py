@@ -60,8 +60,10 @@ def main() -> None:
     import tvm
     from tvm import relax
 
-    if not (args.package / "model.so").is_file():
-        raise SystemExit(f"{args.package} has no model.so: give a package built for a target that runs here")
+    missing = [name for name in ("model.so", "manifest.json") if not (args.package / name).is_file()]
+    if missing:
+        raise SystemExit(f"{args.package} has no {' or '.join(missing)}: give a package built for a "
+                         "target that runs here")  # fmt: skip
     manifest = json.loads((args.package / "manifest.json").read_text())
     library = tvm.runtime.load_module(str(args.package / "model.so"))
     vm = relax.VirtualMachine(library, tvm.cpu())
