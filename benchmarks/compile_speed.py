@@ -17,6 +17,9 @@ database covered. PyTorch eager runs the same architecture (random weights; the 
 on them) where edgefab has the PyTorch module; the two third-party models exist only as ONNX. The
 floor is the model's FLOPs (2 x MACs) over this machine's measured float32 matmul peak (numpy), a
 bound no engine reaches.
+With --layout NCHW8c (or 4c/16c) the model is also tuned, with the same trials into another fresh
+database, with its convolutions in that blocked layout (``edgefab compile --layout``), and timed in
+the same rounds.
 Prints a markdown table and writes the figures as JSON (--json-out); --keep DIR keeps the tuning
 databases (a ``db-N`` folder per model) and libraries for a later look or export.
 """
@@ -37,6 +40,7 @@ import numpy as np
 import onnx
 
 from edgefab.export import graph, tuning
+from edgefab.export.layout import block_of, to_blocked_layout
 from edgefab.export.stats import model_stats
 from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
 from edgefab.pipeline.common import SilentProgress
@@ -149,7 +153,9 @@ def shipped_space_database(tasks: list, tvm_target: dict, folder: Path) -> dict:
     return {**report.to_dict(), "seconds": round(time.perf_counter() - started, 1), "shipped": True}
 
 
-def bench_case(case: Case, trials: int, space_trials: int | str, peak: float, work: Path) -> dict:
+def bench_case(
+    case: Case, trials: int, space_trials: int | str, peak: float, work: Path, layout: str | None = None
+) -> dict:
     """Every column of the table for one model."""
     import tvm
 
@@ -171,6 +177,15 @@ def bench_case(case: Case, trials: int, space_trials: int | str, peak: float, wo
     tuned = tuning.compile_tuned(import_onnx(case.model), tvm_target, folder)
     calls["tvm_tuned_ms"], out = tvm_runner(tuned, case.feeds, work, f"{case.name}-t")
     diffs["tuned"] = graph.max_abs_diff(reference, out)
+    if layout:  # the same trials into another fresh database, the convolutions' channels blocked
+        blocked = to_blocked_layout(import_onnx(case.model), block_of(layout))
+        folder = work / f"db-{len(os.listdir(work))}"
+        tasks = tuning.extract_tasks(blocked, tvm_target)
+        row["blocked_tuning"] = tuning.tune(tasks, folder, tuning.TuneOptions(trials=trials)).to_dict()
+        row["blocked_layout"] = layout
+        compiled = tuning.compile_tuned(blocked, tvm_target, folder)
+        calls["tvm_blocked_ms"], out = tvm_runner(compiled, case.feeds, work, f"{case.name}-b")
+        diffs["blocked"] = graph.max_abs_diff(reference, out)
     row["pytorch_ms"] = row["tvm_space_ms"] = row["space"] = None
     if case.space and space_trials:
         folder = work / f"space-{case.space}"
@@ -263,6 +278,13 @@ def table(rows: list[dict], peak: float) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for r in rows:
+        if "blocked_layout" in r:
+            t = r["blocked_tuning"]
+            lines.append(f"\n{r['model']}, tuned with the convolutions in {r['blocked_layout']}: "
+                         f"{r['tvm_blocked_ms']:.3f} ms, {r['tvm_blocked_vs_ort']:.2f}x ORT "
+                         f"({t['tasks']} kernels, {t['new_trials']} trials, "
+                         f"{t['seconds']:.0f} s).")  # fmt: skip
+    for r in rows:
         t = r.get("space_tuning")
         if t and t.get("shipped"):
             how = f"{t['kernels_copied']} kernels copied" if t["kernels_copied"] else (
@@ -284,6 +306,8 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[],
                         help="skip models: digits, ppocr, silero or MobileNetV2 (a prefix)")  # fmt: skip
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--layout", default=None, help="also tune with the convolutions in this "
+                        "blocked layout (NCHW8c, ...) into another fresh database, same trials")  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (tuning databases, libraries)")  # fmt: skip
     args = parser.parse_args()
@@ -306,7 +330,7 @@ def main() -> None:
             case = make()
             started = time.perf_counter()
             space = args.trials_space if args.trials_space == "shipped" else int(args.trials_space)
-            rows.append(bench_case(case, args.trials, space, peak, work))
+            rows.append(bench_case(case, args.trials, space, peak, work, args.layout))
             print(f"{case.name}: {time.perf_counter() - started:.0f} s", flush=True)
             if args.json_out:  # after every model, so a run that dies can still be read
                 figures = {"peak_gflops": peak, "tvm_threads": tvm_thread_count(), "rows": rows}

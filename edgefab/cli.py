@@ -208,6 +208,13 @@ def compile_command(
     tune: TuneOption = None,
     rpc: RpcOption = None,
     key: KeyOption = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Inner layout of the CPU library: NCHW, or channels in blocks (NCHW4c, NCHW8c, NCHW16c) "
+            "as ONNX Runtime's x86 kernels use; inputs and outputs keep the model's layout."
+        ),
+    ] = "NCHW",
     as_json: JsonOption = False,
 ) -> None:
     """Compile any ONNX model for a target: fix shapes, simplify, verify, TVM, package."""
@@ -217,7 +224,7 @@ def compile_command(
         model, target, list(inputs or []), out, name, archive, quantize=quantize,
         max_accuracy_drop=max_accuracy_drop, calibration=calibration,
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
-        group_size=group_size, act_order=act_order, tune=tune, rpc=rpc, key=key,
+        group_size=group_size, act_order=act_order, tune=tune, rpc=rpc, key=key, layout=layout,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, manifest = compile_model(options, progress)

@@ -130,6 +130,15 @@ def test_build_with_budget_json(host_build, tmp_path):
     assert data["manifest"]["figures"]["accuracy"] >= 0.97
 
 
+def test_unknown_layout_cli(tmp_path):
+    from tests.conftest import SHARED_MODELS
+
+    model = SHARED_MODELS / "ppocr_mobile_v2_cls.onnx"
+    result = invoke("compile", model, "-i", "x:1,3,48,192", "--out", tmp_path, "--layout", "NHWC")
+    assert_user_error(result, "unknown layout 'NHWC'", "NCHW8c", "--layout")
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
 def test_unwritable_output_cli(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -55,6 +55,16 @@ def test_silero_package_with_bound_sample_rate(silero_host):
             assert np.abs(want - have).max() < 1e-4, engine
 
 
+def test_ppocr_with_blocked_channels(tmp_path):
+    """``--layout NCHW8c``: the library blocks the convolutions inside, its interface stays NCHW."""
+    path, manifest = compile_model(CompileOptions(PPOCR, "host", ["x:1,3,48,192"], tmp_path, layout="NCHW8c"))
+    assert manifest["engines"]["tvm"]["layout"] == "NCHW8c"
+    x = np.random.default_rng(3).standard_normal((1, 3, 48, 192)).astype(np.float32)
+    expected = run_onnxruntime(load_onnx(PPOCR), {"x": x})
+    (got,) = load(path, engine="tvm").run({"x": x}).values()
+    assert np.abs(expected[0] - got).max() < 1e-4
+
+
 def test_dynamic_input_without_shape_is_refused(tmp_path):
     with pytest.raises(EdgefabError, match=r"--input x:"):
         compile_model(CompileOptions(PPOCR, "host", [], tmp_path))

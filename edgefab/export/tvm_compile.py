@@ -18,6 +18,7 @@ import onnx
 
 from edgefab.errors import EdgefabError, UnsupportedOperatorError
 from edgefab.export import graph, opencl, tuning
+from edgefab.export.layout import LayoutNotApplied, block_of, to_blocked_layout
 from edgefab.targets import Target
 
 # Handled by the importer itself rather than its converter map.
@@ -58,6 +59,18 @@ def check_compilable(target: Target, tune: bool = False, over_rpc: bool = False)
         tuning.check_tunable(target, tvm_target, over_rpc)
 
 
+def check_layout(layout: str, tvm_target: dict[str, Any]) -> int:
+    """The channel block of ``layout`` (0 for NCHW); a one-line error for an unknown name or a
+    blocked layout on a GPU target (its code comes from dlight rules written for NCHW)."""
+    try:
+        block = block_of(layout)
+    except ValueError as exc:
+        raise EdgefabError(f"{exc} (--layout)") from None
+    if block and opencl.is_opencl(tvm_target):
+        raise EdgefabError(f"--layout {layout} is for CPU targets; OpenCL code keeps NCHW: drop --layout")
+    return block
+
+
 def unsupported_operators(model: onnx.ModelProto) -> list[str]:
     """ONNX op types (including those inside `If` branches) that TVM's Relax importer cannot convert."""
     from tvm.relax.frontend.onnx import onnx_frontend
@@ -86,12 +99,15 @@ def compile_onnx(
     name: str = "model",
     tune: tuning.TuneOptions | None = None,
     on_trial: Callable[[int, int], None] | None = None,
+    layout: str = "NCHW",
 ) -> CompiledArtifact:
     """Import ``model`` into Relax, build it for ``target`` and write the library into ``out_dir``.
 
     CPU code applies the target's tuning database where one exists (after tuning the kernels below
     their share of the trials with MetaSchedule when ``tune`` is given); OpenCL code is scheduled by
-    dlight rules and its source ships as ``kernels.cl``.
+    dlight rules and its source ships as ``kernels.cl``. ``layout`` (CPU only) blocks the
+    convolutions' channels inside the library, e.g. ``NCHW8c`` (see :mod:`edgefab.export.layout`);
+    the library's inputs and outputs keep the model's layout.
     """
     symbolic = [s for s in graph.input_signature(model) if any(isinstance(d, str) for d in s["shape"])]
     if symbolic:
@@ -105,6 +121,7 @@ def compile_onnx(
         raise UnsupportedOperatorError(missing)
     check_compilable(target, tune is not None, tune is not None and tune.device is not None)
     tvm_target = resolve_tvm_target(target)
+    block = check_layout(layout, tvm_target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Path] = {}
@@ -118,7 +135,16 @@ def compile_onnx(
             "pipeline": "TVM Adreno pipeline, buffer path; dlight rules (Adreno first, then generic GPU)",
         }
     else:
-        executable, details = tuning.compile_cpu(_import(model), target.name, tvm_target, tune, on_trial)
+        mod, layout_note = _import(model), None
+        if block:
+            try:
+                mod = to_blocked_layout(mod, block)
+            except LayoutNotApplied as exc:  # the model still compiles, in NCHW; the manifest says why
+                layout, layout_note = "NCHW", f"{layout} not applied: {exc}; compiled in NCHW"
+        executable, details = tuning.compile_cpu(mod, target.name, tvm_target, tune, on_trial)
+        details["layout"] = layout
+        if layout_note:
+            details["layout_note"] = layout_note
     if target.runs_here:
         path = out_dir / f"{name}.so"
         executable.export_library(str(path))

@@ -25,7 +25,7 @@ from edgefab.export.graph import (
     verify_simplified,
 )
 from edgefab.export.stats import model_stats
-from edgefab.export.tvm_compile import check_compilable
+from edgefab.export.tvm_compile import check_compilable, check_layout, resolve_tvm_target
 from edgefab.pipeline.common import (
     TVM_TOLERANCE,
     PackageContents,
@@ -65,6 +65,7 @@ class CompileOptions:
     tune: int | None = None  # MetaSchedule trials over the kernels (records in the target's database count)
     rpc: str | None = None  # with tune: HOST:PORT of the TVM RPC tracker of the device to measure on
     key: str | None = None  # with rpc: the device's key
+    layout: str = "NCHW"  # the CPU library's inner layout: NCHW, or channels blocked (NCHW4c/8c/16c)
 
 
 def split_input_options(specs: list[str]) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
@@ -97,6 +98,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     progress = progress or SilentProgress()
     target = load_target(options.target)
     check_compilable(target)  # before any work: no codegen for this target
+    check_layout(options.layout, resolve_tvm_target(target))
     if (options.rpc or options.key) and not options.tune:
         raise EdgefabError("--rpc and --key measure tuning candidates on a device: add --tune N")
     tune = tune_options(target, options.tune, options.rpc, options.key) if options.tune else None
@@ -135,7 +137,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
         tolerance = quantized.tvm_tolerance if quantized else TVM_TOLERANCE
         reference = run_onnxruntime(shipped, feeds)
         tvm = compile_with_tvm(
-            shipped_proto, target, work, feeds, reference, tolerance, tune, on_trial=progress.advance
+            shipped_proto, target, work, feeds, reference, tolerance, tune, progress.advance, options.layout
         )
         engine, why = recommend_engine(latency, tvm)
         manifest = base_manifest(name, "model", target, tvm.artifact.tvm_target if tvm.artifact else None)
