@@ -84,7 +84,8 @@ class TuningReport:
     tasks: int = 0  # distinct kernels (fused layers) of the module
     tasks_in_database: int = 0  # of which had tuning records before this run
     tasks_tuned: int = 0  # tuned in this run (new, or below their share of the trials)
-    new_trials: int = 0  # records measured and added in this run
+    new_trials: int = 0  # tuning candidates measured and added in this run
+    default_records: int = 0  # default-schedule records measured beside them (one per tuned kernel)
     seconds: float = 0.0
     cost_model: str = ""
     measured_on: str = "this machine"
@@ -142,6 +143,7 @@ def tune(
         before = count_records(folder)
         report.cost_model = _cost_model()
         gone: list[bool] = []
+        defaults = [0]  # default-schedule records added: not trials
         try:
             with _interruptible() as interrupted:
 
@@ -156,13 +158,16 @@ def tune(
                         interrupted.append(True)
                         raise
 
-                _run_tuner(todo, folder, database, options, (budget, share), report.cost_model, progress)
+                _run_tuner(
+                    todo, folder, database, options, (budget, share), report.cost_model, progress, defaults
+                )
         except Exception:
             if gone:
                 raise _device_gone_error(options.device, folder) from None
             raise
         finally:  # records measured before an interruption are on disk already
-            report.new_trials = count_records(folder) - before
+            report.default_records = defaults[0]
+            report.new_trials = count_records(folder) - before - defaults[0]
             report.seconds = round(time.perf_counter() - started, 1)
         report.tasks_tuned = sum(
             trials_in_database(database, t) > count for t, count in zip(tasks, counts, strict=True)
@@ -242,7 +247,10 @@ def _run_tuner(
     trials: tuple[int, int],
     cost_model: str,
     on_batch: Callable[[int, list], None],
+    defaults: list[int],
 ) -> None:
+    """Tune ``todo`` in rounds of ``TASKS_PER_ROUND`` kernels, each kernel's default schedule
+    measured after its round (``defaults[0]`` counts those records)."""
     from tvm.s_tir import meta_schedule as ms
 
     cpu_intrinsics_only()
@@ -288,7 +296,7 @@ def _run_tuner(
                 ],  # fmt: skip
             )
             measured[0] += in_round[0]
-            compete_with_default(round_tasks, database, runner, export, build_candidate)
+            defaults[0] += compete_with_default(round_tasks, database, runner, export, build_candidate)
 
 
 def check_tunable(target, tvm_target: dict[str, Any], over_rpc: bool = False) -> None:
