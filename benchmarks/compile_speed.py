@@ -17,9 +17,11 @@ database covered. PyTorch eager runs the same architecture (random weights; the 
 on them) where edgefab has the PyTorch module; the two third-party models exist only as ONNX. The
 floor is the model's FLOPs (2 x MACs) over this machine's measured float32 matmul peak (numpy), a
 bound no engine reaches.
-With --layout NCHW8c (or 4c/16c) the model is also tuned, with the same trials into another fresh
-database, with its convolutions in that blocked layout (``edgefab compile --layout``), and timed in
-the same rounds.
+With --layout NCHW8c (or 4c/16c) the model is also built with its convolutions in that blocked
+layout (``edgefab compile --layout``): tuned with the same trials into another fresh database, and
+compiled with the space database (which then holds the space's kernels in both layouts), all timed
+in the same rounds. --trials 0 skips the per-model tuning; --trials-space shipped uses edgefab's
+shipped host database instead of tuning one.
 Prints a markdown table and writes the figures as JSON (--json-out); --keep DIR keeps the tuning
 databases (a ``db-N`` folder per model) and libraries for a later look or export.
 """
@@ -133,24 +135,37 @@ def interleaved_medians(calls: dict[str, Callable]) -> dict[str, float]:
     return figures
 
 
-def space_database(space_name: str, tvm_target: dict, trials: int, folder: Path) -> dict:
-    """Tune every distinct kernel of a search space into ``folder`` (as ``edgefab tune --space`` does)."""
+def tuned_in_fresh_database(mod, tvm_target: dict, trials: int, work: Path) -> tuple[object, dict]:
+    """``mod`` tuned with ``trials`` into a new database under ``work``: its library and the report."""
+    folder = work / f"db-{len(os.listdir(work))}"
+    report = tuning.tune(tuning.extract_tasks(mod, tvm_target), folder, tuning.TuneOptions(trials=trials))
+    return tuning.compile_tuned(mod, tvm_target, folder), report.to_dict()
+
+
+def fill_space_database(
+    space_name: str, trials: int | str, variants: dict, tvm_target: dict, folder: Path, layout: str | None
+) -> dict:
+    """The space database in ``folder``: edgefab's shipped one seeded for the kernels of the
+    ``variants`` (modules of one model), or the space's kernels tuned with ``trials`` (in NCHW and,
+    with ``layout``, in that layout too) as ``edgefab tune --space`` does; tuned once per space."""
+    from edgefab.export.measure import measure_here, tuning_target
+    from edgefab.export.shipped_tuning import seed_database, shipped_database
     from edgefab.pipeline.tune import space_tasks
     from edgefab.spaces import get_space
 
-    tasks = space_tasks(get_space(space_name), 10, tvm_target, SilentProgress())
-    return tuning.tune(tasks, folder, tuning.TuneOptions(trials=trials)).to_dict()
-
-
-def shipped_space_database(tasks: list, tvm_target: dict, folder: Path) -> dict:
-    """Seed ``folder`` with edgefab's shipped host database for ``tasks``, as a first build does."""
-    from edgefab.export.measure import measure_here, tuning_target
-    from edgefab.export.shipped_tuning import seed_database, shipped_database
-
-    target = tuning_target(tvm_target)
     started = time.perf_counter()
-    report = seed_database(tasks, folder, shipped_database("host"), target, lambda c: measure_here(target, c))
-    return {**report.to_dict(), "seconds": round(time.perf_counter() - started, 1), "shipped": True}
+    if trials == "shipped":
+        target = tuning_target(tvm_target)
+        tasks = [task for mod in variants.values() for task in tuning.extract_tasks(mod, tvm_target)]
+        measure = lambda c: measure_here(target, c)  # noqa: E731
+        report = seed_database(tasks, folder, shipped_database("host"), target, measure)
+        return {**report.to_dict(), "seconds": round(time.perf_counter() - started, 1), "shipped": True}
+    if folder.is_dir():
+        return {"reused": str(folder)}
+    tasks = []
+    for each in ("NCHW", layout) if layout else ("NCHW",):
+        tasks += space_tasks(get_space(space_name), 10, tvm_target, SilentProgress(), each)
+    return tuning.tune(tasks, folder, tuning.TuneOptions(trials=trials)).to_dict()
 
 
 def bench_case(
@@ -169,45 +184,40 @@ def bench_case(
     executable = tvm.compile(mod, tvm.target.Target(tvm_target))
     calls["tvm_untuned_ms"], out = tvm_runner(executable, case.feeds, work, f"{case.name}-u")
     diffs = {"untuned": graph.max_abs_diff(reference, out)}
-    folder = work / f"db-{len(os.listdir(work))}"
-    row["tuning"] = tuning.tune(
-        tuning.extract_tasks(mod, tvm_target), folder, tuning.TuneOptions(trials=trials)
-    )
-    row["tuning"] = row["tuning"].to_dict()
-    tuned = tuning.compile_tuned(import_onnx(case.model), tvm_target, folder)
-    calls["tvm_tuned_ms"], out = tvm_runner(tuned, case.feeds, work, f"{case.name}-t")
-    diffs["tuned"] = graph.max_abs_diff(reference, out)
-    if layout:  # the same trials into another fresh database, the convolutions' channels blocked
-        blocked = to_blocked_layout(import_onnx(case.model), block_of(layout))
-        folder = work / f"db-{len(os.listdir(work))}"
-        tasks = tuning.extract_tasks(blocked, tvm_target)
-        row["blocked_tuning"] = tuning.tune(tasks, folder, tuning.TuneOptions(trials=trials)).to_dict()
-        row["blocked_layout"] = layout
-        compiled = tuning.compile_tuned(blocked, tvm_target, folder)
+    blocked = to_blocked_layout(import_onnx(case.model), block_of(layout)) if layout else None
+    row["tuning"] = row["blocked_tuning"] = None
+    if trials:  # the model tuned into a fresh database, and again with its convolutions blocked
+        tuned, row["tuning"] = tuned_in_fresh_database(import_onnx(case.model), tvm_target, trials, work)
+        calls["tvm_tuned_ms"], out = tvm_runner(tuned, case.feeds, work, f"{case.name}-t")
+        diffs["tuned"] = graph.max_abs_diff(reference, out)
+    if trials and blocked is not None:
+        compiled, row["blocked_tuning"] = tuned_in_fresh_database(blocked, tvm_target, trials, work)
         calls["tvm_blocked_ms"], out = tvm_runner(compiled, case.feeds, work, f"{case.name}-b")
         diffs["blocked"] = graph.max_abs_diff(reference, out)
+    row["blocked_layout"] = layout
     row["pytorch_ms"] = row["tvm_space_ms"] = row["space"] = None
     if case.space and space_trials:
         folder = work / f"space-{case.space}"
-        if space_trials == "shipped":
-            row["space_tuning"] = shipped_space_database(
-                tuning.extract_tasks(mod, tvm_target), tvm_target, folder
-            )
-        elif not folder.is_dir():
-            row["space_tuning"] = space_database(case.space, tvm_target, space_trials, folder)
+        variants = {"space": import_onnx(case.model)}
+        if blocked is not None:
+            variants["space_blocked"] = blocked
+        row["space_tuning"] = fill_space_database(
+            case.space, space_trials, variants, tvm_target, folder, layout
+        )
         database = tuning.open_database(folder, create=False)
-        tasks = tuning.extract_tasks(mod, tvm_target)
-        default = tuning.untuned_kernels(tasks, database)  # no record, or the default form won
-        covered = sum(tuning.has_record(database, task) for task in tasks)
-        row["space"] = {
-            "name": case.space,
-            "kernels_covered": f"{covered} of {len(tasks)}",
-            "kernels_on_tuned_schedules": len(tasks) - len(default),
-            "model_trials": 0,
-        }
-        compiled = tuning.compile_tuned(import_onnx(case.model), tvm_target, folder)
-        calls["tvm_space_ms"], out = tvm_runner(compiled, case.feeds, work, f"{case.name}-s")
-        diffs["space"] = graph.max_abs_diff(reference, out)
+        for key, variant in variants.items():
+            tasks = tuning.extract_tasks(variant, tvm_target)
+            default = tuning.untuned_kernels(tasks, database)  # no record, or the default form won
+            covered = sum(tuning.has_record(database, task) for task in tasks)
+            row[key] = {
+                "name": case.space,
+                "kernels_covered": f"{covered} of {len(tasks)}",
+                "kernels_on_tuned_schedules": len(tasks) - len(default),
+                "model_trials": 0,
+            }
+            compiled = tuning.compile_tuned(variant, tvm_target, folder)
+            calls[f"tvm_{key}_ms"], out = tvm_runner(compiled, case.feeds, work, f"{case.name}-{key}")
+            diffs[key] = graph.max_abs_diff(reference, out)
     row.update(interleaved_medians(calls))
     row["max_abs_diff"] = diffs
     row["roofline_floor_ms"] = row["flops"] / (peak * 1e9) * 1e3
@@ -248,6 +258,15 @@ def onnx_case(name: str, file: str, shapes: dict, values: dict) -> Case:
     return Case(name, model, feeds)
 
 
+def space_cell(row: dict, key: str) -> str:
+    """'ms (kernels covered, ratio to ORT)' of the model compiled with the space database."""
+    if not row.get(key):
+        return "-"
+    space, tuned = row[key], row[key].get("kernels_on_tuned_schedules", "?")
+    return (f"{row[f'tvm_{key}_ms']:.3f} ({space['kernels_covered']} in db, {tuned} tuned; "
+            f"{row[f'tvm_{key}_vs_ort']:.2f}x ORT)")  # fmt: skip
+
+
 def table(rows: list[dict], peak: float) -> str:
     """The markdown table of the results."""
     lines = [
@@ -260,30 +279,30 @@ def table(rows: list[dict], peak: float) -> str:
     ]
     for r in rows:
         t = r["tuning"]
-        space = "-"
-        if r["space"]:
-            tuned = r["space"].get("kernels_on_tuned_schedules", "?")
-            space = (f"{r['tvm_space_ms']:.3f} ({r['space']['kernels_covered']} in db, {tuned} tuned; "
-                     f"{r['tvm_space_vs_ort']:.2f}x ORT)")  # fmt: skip
         cells = [
             r["model"],
             f"{r['pytorch_ms']:.3f}" if r["pytorch_ms"] is not None else "-",
             f"{r['onnxruntime_ms']:.3f}",
             f"{r['tvm_untuned_ms']:.3f}",
-            f"{r['tvm_tuned_ms']:.3f}",
-            f"{r['tvm_tuned_vs_ort']:.2f}x",
-            f"{t['tasks']} kernels, {t['new_trials']} trials, {t['seconds']:.0f} s ({t['cost_model']})",
-            space,
+            f"{r['tvm_tuned_ms']:.3f}" if t else "-",
+            f"{r['tvm_tuned_vs_ort']:.2f}x" if t else "-",
+            f"{t['tasks']} kernels, {t['new_trials']} trials, {t['seconds']:.0f} s ({t['cost_model']})"
+            if t
+            else "not tuned per model (--trials 0)",
+            space_cell(r, "space"),
             f"{r['roofline_floor_ms']:.4f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for r in rows:
-        if "blocked_layout" in r:
-            t = r["blocked_tuning"]
+        t = r["blocked_tuning"]
+        if t:
             lines.append(f"\n{r['model']}, tuned with the convolutions in {r['blocked_layout']}: "
                          f"{r['tvm_blocked_ms']:.3f} ms, {r['tvm_blocked_vs_ort']:.2f}x ORT "
                          f"({t['tasks']} kernels, {t['new_trials']} trials, "
                          f"{t['seconds']:.0f} s).")  # fmt: skip
+        if r.get("space_blocked"):
+            lines.append(f"\n{r['model']}, convolutions in {r['blocked_layout']}, with the space "
+                         f"database: {space_cell(r, 'space_blocked')}.")  # fmt: skip
     for r in rows:
         t = r.get("space_tuning")
         if t and t.get("shipped"):
@@ -291,7 +310,7 @@ def table(rows: list[dict], peak: float) -> str:
                 f"{t['kernels_remeasured']} kernels re-measured here")  # fmt: skip
             lines.append(f"\nSpace database for {r['space']['name']}: edgefab's shipped one (measured on "
                          f"{t['measured_on']}), {how} in {t['seconds']:.1f} s.")  # fmt: skip
-        elif t:
+        elif t and "tasks" in t:
             lines.append(f"\nSpace database for {r['space']['name']}: {t['tasks']} kernels, "
                          f"{t['new_trials']} trials, {t['seconds']:.0f} s, paid once.")  # fmt: skip
     return "\n".join(lines)
@@ -300,14 +319,16 @@ def table(rows: list[dict], peak: float) -> str:
 def main() -> None:
     """Build/load the models, time every engine, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=64, help="trials per model for 'TVM tuned'")
+    parser.add_argument("--trials", type=int, default=64,
+                        help="trials per model for 'TVM tuned' (0: no per-model tuning)")  # fmt: skip
     parser.add_argument("--trials-space", default="128",
                         help="trials for the space database, or 'shipped' for edgefab's own")  # fmt: skip
     parser.add_argument("--skip", action="append", default=[],
                         help="skip models: digits, ppocr, silero or MobileNetV2 (a prefix)")  # fmt: skip
     parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--layout", default=None, help="also tune with the convolutions in this "
-                        "blocked layout (NCHW8c, ...) into another fresh database, same trials")  # fmt: skip
+    parser.add_argument("--layout", default=None, help="also build with the convolutions in this "
+                        "blocked layout (NCHW8c, ...): tuned into another fresh database with the same "
+                        "trials, and with the space database")  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (tuning databases, libraries)")  # fmt: skip
     args = parser.parse_args()

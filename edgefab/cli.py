@@ -209,12 +209,14 @@ def compile_command(
     rpc: RpcOption = None,
     key: KeyOption = None,
     layout: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Inner layout of the CPU library: NCHW, or channels in blocks (NCHW4c, NCHW8c, NCHW16c) "
-            "as ONNX Runtime's x86 kernels use; inputs and outputs keep the model's layout."
+            "as ONNX Runtime's x86 kernels use; inputs and outputs keep the model's layout. "
+            "Default: the target's (`targets show`).",
+            show_default=False,
         ),
-    ] = "NCHW",
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compile any ONNX model for a target: fix shapes, simplify, verify, TVM, package."""

@@ -71,6 +71,14 @@ def tune_command(
             "--trials are spread over those.",
         ),
     ] = False,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Inner layout of the CPU library whose kernels to tune: NCHW, or channels in blocks "
+            "(NCHW4c, NCHW8c, NCHW16c), as `compile --layout` builds them. Default: the target's.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Tune every distinct layer shape of a search space into the target's tuning database.
@@ -81,7 +89,7 @@ def tune_command(
     """
     from edgefab.pipeline.tune import SpaceTuneJob, tune_space
 
-    job = SpaceTuneJob(target, space, trials, num_classes, seed, rpc, key, export, only_untuned)
+    job = SpaceTuneJob(target, space, trials, num_classes, seed, rpc, key, export, only_untuned, layout)
     try:
         with RichProgress(enabled=not as_json) as progress:
             report = tune_space(job, progress)
@@ -90,13 +98,14 @@ def tune_command(
         raise typer.Exit(130) from None
     for note in report["warnings"]:
         stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
-    rows = [("target", report["target"]), ("space", report["space"]), *tuning_rows(report)]
+    rows = [("target", report["target"]), ("space", report["space"]), ("layout", report["layout"])]
+    rows += tuning_rows(report)
     if only_untuned:
         rows.insert(
-            2, ("chosen", f"{report['kernels_chosen']} of {report['kernels']} kernels had no tuned record")
+            3, ("chosen", f"{report['kernels_chosen']} of {report['kernels']} kernels had no tuned record")
         )
     if report["shipped_database"] and report["shipped_database"]["records"]:
-        rows.insert(2, ("shipped database", shipped_row(report["shipped_database"])))
+        rows.insert(3, ("shipped database", shipped_row(report["shipped_database"])))
     if report["exported"]:
         rows.append(("exported", f"{report['exported']['path']} ({report['exported']['records']} records)"))
     emit(report, as_json, key_value_table("edgefab tune", rows))

@@ -125,3 +125,20 @@ def test_layout_errors_name_the_option():
         check_layout("NHWC", resolve_tvm_target(load_target("host")))
     with pytest.raises(EdgefabError, match="OpenCL code keeps NCHW"):
         check_layout("NCHW8c", resolve_tvm_target(load_target("pixel-gpu")))
+
+
+def test_the_target_profile_sets_the_default_layout(model_and_reference, tmp_path):
+    """A target's ``layout`` field is what a build gets without ``layout``; asking for one wins."""
+    from importlib import resources
+
+    from edgefab.export.tvm_compile import compile_onnx
+    from edgefab.targets import load_target
+
+    model, _, _ = model_and_reference
+    lines = (resources.files("edgefab.targets") / "host.toml").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("layout"))  # host's own, if any
+    profile = tmp_path / "blocked-host.toml"
+    profile.write_text('layout = "NCHW4c"\n' + text.replace('name = "host"', 'name = "blocked-host"'))
+    target = load_target(profile)
+    assert compile_onnx(model, target, tmp_path / "a").details["layout"] == "NCHW4c"
+    assert compile_onnx(model, target, tmp_path / "b", layout="NCHW").details["layout"] == "NCHW"

@@ -43,6 +43,8 @@ def test_user_toml(tmp_path):
     target = load_target(_write(tmp_path, GOOD))
     assert target.name == "my-phone" and not target.runs_here
     assert target.to_dict()["tvm"]["kind"] == "llvm"
+    assert target.layout == "NCHW"  # no layout field: plain NCHW
+    assert load_target(_write(tmp_path, 'layout = "NCHW4c"\n' + GOOD)).layout == "NCHW4c"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,8 @@ def test_user_toml(tmp_path):
         (GOOD.replace('processor = "cpu"', "processor = 3"), "field 'processor' must be a str"),
         (GOOD.replace('processor = "cpu"', 'processor = "npu"'), "field 'processor' must be one of"),
         ("colour = 'red'\n" + GOOD, "unknown field 'colour'"),
+        ('layout = "NHWC"\n' + GOOD, "field 'layout' must be one of"),
+        ('layout = "NCHW8c"\n' + GOOD.replace('"cpu"', '"gpu"'), "field 'layout' must be NCHW on a GPU"),
         ("name = ", "not valid TOML"),
     ],
 )

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the names accepted for ``layout`` wherever a CPU build takes one
-LAYOUTS = ("NCHW", "NCHW4c", "NCHW8c", "NCHW16c")
+from edgefab.targets import LAYOUTS  # the names accepted wherever a CPU build takes a layout
 
 
 def block_of(layout: str) -> int:

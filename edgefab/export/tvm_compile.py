@@ -99,15 +99,15 @@ def compile_onnx(
     name: str = "model",
     tune: tuning.TuneOptions | None = None,
     on_trial: Callable[[int, int], None] | None = None,
-    layout: str = "NCHW",
+    layout: str | None = None,
 ) -> CompiledArtifact:
     """Import ``model`` into Relax, build it for ``target`` and write the library into ``out_dir``.
 
     CPU code applies the target's tuning database where one exists (after tuning the kernels below
     their share of the trials with MetaSchedule when ``tune`` is given); OpenCL code is scheduled by
     dlight rules and its source ships as ``kernels.cl``. ``layout`` (CPU only) blocks the
-    convolutions' channels inside the library, e.g. ``NCHW8c`` (see :mod:`edgefab.export.layout`);
-    the library's inputs and outputs keep the model's layout.
+    convolutions' channels inside the library, e.g. ``NCHW8c`` (see :mod:`edgefab.export.layout`;
+    None: the target's ``layout``); the library's inputs and outputs keep the model's layout.
     """
     symbolic = [s for s in graph.input_signature(model) if any(isinstance(d, str) for d in s["shape"])]
     if symbolic:
@@ -121,6 +121,7 @@ def compile_onnx(
         raise UnsupportedOperatorError(missing)
     check_compilable(target, tune is not None, tune is not None and tune.device is not None)
     tvm_target = resolve_tvm_target(target)
+    layout = layout or target.layout
     block = check_layout(layout, tvm_target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

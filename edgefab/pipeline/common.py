@@ -98,14 +98,14 @@ def compile_with_tvm(
     tolerance: float = TVM_TOLERANCE,
     tune: TuneOptions | None = None,
     on_trial: Callable[[int, int], None] | None = None,
-    layout: str = "NCHW",
+    layout: str | None = None,
 ) -> TvmOutcome:
     """Compile for ``target``; where the library runs here, check it against ``reference`` and time it.
 
     ``tolerance`` is the largest max abs difference accepted (wider for quantized graphs). ``tune``
     tunes the kernels below their share of its trials in the target's database first (see
     :mod:`edgefab.export.tuning`); ``layout`` is the CPU library's inner layout (see
-    :mod:`edgefab.export.layout`).
+    :mod:`edgefab.export.layout`; None: the target's).
 
     An operator TVM cannot import is not fatal: the package still ships the ONNX Runtime engine.
     """

@@ -65,7 +65,7 @@ class CompileOptions:
     tune: int | None = None  # MetaSchedule trials over the kernels (records in the target's database count)
     rpc: str | None = None  # with tune: HOST:PORT of the TVM RPC tracker of the device to measure on
     key: str | None = None  # with rpc: the device's key
-    layout: str = "NCHW"  # the CPU library's inner layout: NCHW, or channels blocked (NCHW4c/8c/16c)
+    layout: str | None = None  # the CPU library's inner layout (NCHW, NCHW4c/8c/16c); None: the target's
 
 
 def split_input_options(specs: list[str]) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
@@ -98,7 +98,7 @@ def compile_model(options: CompileOptions, progress: Progress | None = None) -> 
     progress = progress or SilentProgress()
     target = load_target(options.target)
     check_compilable(target)  # before any work: no codegen for this target
-    check_layout(options.layout, resolve_tvm_target(target))
+    check_layout(options.layout or target.layout, resolve_tvm_target(target))
     if (options.rpc or options.key) and not options.tune:
         raise EdgefabError("--rpc and --key measure tuning candidates on a device: add --tune N")
     tune = tune_options(target, options.tune, options.rpc, options.key) if options.tune else None

@@ -25,6 +25,7 @@ import torch
 
 from edgefab.arch import ArchSpec
 from edgefab.errors import EdgefabError
+from edgefab.export.layout import LayoutNotApplied, to_blocked_layout
 from edgefab.export.measure import tuning_target
 from edgefab.export.onnx_export import export_onnx
 from edgefab.export.shipped_tuning import export_database, seed_from_shipped, shipped_database
@@ -36,7 +37,7 @@ from edgefab.export.tuning import (
     trials_in_database,
     tune,
 )
-from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
+from edgefab.export.tvm_compile import check_layout, import_onnx, resolve_tvm_target
 from edgefab.factory.network import build_network
 from edgefab.factory.space import FACTORY_SPACES, ModuleSelection
 from edgefab.pipeline.common import Progress, SilentProgress, tune_options, work_folder
@@ -57,6 +58,7 @@ class SpaceTuneJob:
     key: str | None = None  # that device's key
     export: Path | None = None  # write the database here afterwards, in edgefab's shipped format
     only_untuned: bool = False  # spend the trials on kernels without a tuned record only
+    layout: str | None = None  # the CPU library's inner layout to tune the kernels in; None: the target's
 
 
 def space_networks(space: SearchSpace, num_classes: int) -> list[ArchSpec]:
@@ -131,8 +133,12 @@ def trained_like(network: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return network
 
 
-def space_tasks(space: SearchSpace, num_classes: int, tvm_target: dict[str, Any], progress: Progress) -> list:
-    """The distinct MetaSchedule tasks (fused kernels) of every network of ``space``."""
+def space_tasks(
+    space: SearchSpace, num_classes: int, tvm_target: dict[str, Any], progress: Progress, layout: str = "NCHW"
+) -> list:
+    """The distinct MetaSchedule tasks (fused kernels) of every network of ``space``, with their
+    convolutions in ``layout`` (a blocked layout's kernels are other kernels than NCHW's)."""
+    block = check_layout(layout, tvm_target)
     specs = space_networks(space, num_classes)
     progress.stage(f"extracting the layer shapes of {space.name} ({len(specs)} networks)")
     task_lists = []
@@ -140,9 +146,21 @@ def space_tasks(space: SearchSpace, num_classes: int, tvm_target: dict[str, Any]
         for index, spec in enumerate(specs):
             path = work / f"net{index}.onnx"
             model = export_onnx(trained_like(build_network(spec), index), (1, *spec.input_shape), path)
-            task_lists.append(extract_tasks(import_onnx(model), tvm_target))
+            mod = import_onnx(model)
+            if block:
+                mod = blocked_or_plain(mod, block)
+            task_lists.append(extract_tasks(mod, tvm_target))
             progress.advance(index + 1, len(specs))
     return unique_tasks(task_lists)
+
+
+def blocked_or_plain(mod, block: int):
+    """``mod`` in the blocked layout, or as it is where the layout does not apply: a build falls back
+    to NCHW the same way, so those kernels are the ones it will look up."""
+    try:
+        return to_blocked_layout(mod, block)
+    except LayoutNotApplied:
+        return mod
 
 
 def untuned_tasks(tasks: list, folder: Path) -> list:
@@ -171,7 +189,9 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     space = get_space(job.space)
     tvm_target = resolve_tvm_target(target)
     check_export_path(job.export)
-    tasks = space_tasks(space, job.num_classes, tvm_target, progress)
+    layout = job.layout or target.layout
+    check_layout(layout, tvm_target)
+    tasks = space_tasks(space, job.num_classes, tvm_target, progress, layout)
     folder = database_dir(target.name, tvm_target)
     seeded = None
     if options.device is None and shipped_database(target.name):
@@ -183,6 +203,7 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     summary = {
         "target": target.name,
         "space": space.name,
+        "layout": layout,
         "networks": [" ".join(spec.notation()) for spec in space_networks(space, job.num_classes)],
         "kernels": len(tasks),
         "kernels_chosen": len(chosen),
@@ -192,7 +213,8 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
         "exported": None,
     }
     if job.export is not None:
-        about = {"space": space.name, "trials": job.trials, "made": time.strftime("%Y-%m-%d")}
+        about = {"space": space.name, "layout": layout, "trials": job.trials}
+        about["made"] = time.strftime("%Y-%m-%d")
         measured_on = options.device.describe() if options.device is not None else None
         records = export_database(folder, Path(job.export), tuning_target(tvm_target), about, measured_on)
         summary["exported"] = {"path": str(job.export), "records": records}

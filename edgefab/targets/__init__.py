@@ -33,8 +33,11 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "cross_compilers": (list, False),
     "latency": (dict, False),
     "limitations": (list, False),
+    "layout": (str, False),
 }
 _PROCESSORS = ("cpu", "gpu")
+#: inner layouts of a CPU library: NCHW, or the channels in blocks of 4, 8 or 16 (see edgefab.export.layout)
+LAYOUTS = ("NCHW", "NCHW4c", "NCHW8c", "NCHW16c")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Target:
     cross_compilers: tuple[str, ...] = ()
     latency: dict[str, Any] = field(default_factory=dict)
     limitations: tuple[str, ...] = ()  # what this TVM cannot do for the device, said up front
+    layout: str = "NCHW"  # inner layout of TVM's CPU library here, unless a build asks for another
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +78,7 @@ class Target:
             "runs_here": self.runs_here,
             "latency": dict(self.latency),
             "limitations": list(self.limitations),
+            "layout": self.layout,
         }
 
 
@@ -92,6 +97,11 @@ def _parse(data: dict[str, Any], source: str) -> Target:
         raise EdgefabError(f"target file {source}: unknown field '{unknown[0]}'")
     if data["processor"] not in _PROCESSORS:
         raise EdgefabError(f"target file {source}: field 'processor' must be one of {_PROCESSORS}")
+    layout = data.get("layout", "NCHW")
+    if layout not in LAYOUTS:
+        raise EdgefabError(f"target file {source}: field 'layout' must be one of {LAYOUTS}, got {layout!r}")
+    if layout != "NCHW" and data["processor"] == "gpu":
+        raise EdgefabError(f"target file {source}: field 'layout' must be NCHW on a GPU (dlight rules)")
     if "kind" not in data["tvm"]:
         raise EdgefabError(f"target file {source}: field 'tvm.kind' is missing")
     _check_latency(data.get("latency", {}), source)
