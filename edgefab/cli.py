@@ -91,6 +91,9 @@ def _package_rows(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Any]]
     figures = manifest.get("figures", {})
     tvm = manifest["engines"].get("tvm", {})
     tvm_text = tvm.get("error") or f"{tvm.get('file')} ({tvm.get('format')})"
+    if tvm.get("layout"):  # CPU libraries: their inner layout, and why not the one asked for
+        note = tvm.get("layout_note")
+        tvm_text += f", layout {tvm['layout']}" + (f" ({note})" if note else "")
     rows: list[tuple[str, Any]] = [
         ("package", path),
         ("target", f"{manifest['target']['name']}: {manifest['target']['device']}"),

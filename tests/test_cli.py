@@ -67,7 +67,8 @@ def test_package_commands(host_build, tmp_path):
     path, manifest = host_build
     inspected = json.loads(invoke("package", "inspect", path, "--json").output)
     assert inspected["files"] == manifest["files"]
-    assert "accuracy" in invoke("package", "inspect", path).output
+    shown = invoke("package", "inspect", path).output
+    assert "accuracy" in shown and "layout NCHW8c" in shown  # host's default inner layout
     verified = json.loads(invoke("package", "verify", path, "--json").output)
     assert verified == {"package": str(path), "ok": True, "files": 3}
 
