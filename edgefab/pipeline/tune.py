@@ -190,7 +190,6 @@ def tune_space(job: SpaceTuneJob, progress: Progress | None = None) -> dict[str,
     tvm_target = resolve_tvm_target(target)
     check_export_path(job.export)
     layout = job.layout or target.layout
-    check_layout(layout, tvm_target)
     tasks = space_tasks(space, job.num_classes, tvm_target, progress, layout)
     folder = database_dir(target.name, tvm_target)
     seeded = None
