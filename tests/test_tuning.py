@@ -287,3 +287,31 @@ def test_only_untuned_chooses_the_new_kernels(tmp_path):
     assert tuned and not any(task is done for task in chosen for done in tuned)
     # the 16-channel convolution is a kernel no record holds
     assert any("conv" in task.task_name and any(task is n for n in new) for task in chosen), chosen
+
+
+def test_trials_go_where_the_flops_are():
+    """A kernel's share grows with its FLOPs times its count; the least gets a quarter of an even
+    share; shares come in a few levels (floor x sqrt(2)^k) and add up to about the trials asked for."""
+    from edgefab.export.trial_shares import kernel_flops, trial_shares
+
+    tasks = tuning.extract_tasks(import_onnx(one_conv(channels=16)), host_tvm_target())
+    shares = trial_shares(tasks, 64)
+    floor = 64 // len(tasks) // 4
+    by_cost = sorted(zip((t.weight * kernel_flops(t) for t in tasks), shares, strict=True))
+    assert [share for _, share in by_cost] == sorted(shares) and shares != [shares[0]] * len(shares)
+    levels = {round(floor * 2 ** (k / 2)) for k in range(20)}
+    assert min(shares) == floor and set(shares) <= levels
+    assert 0.8 * 64 <= sum(shares) <= 64
+    assert "conv" in max(zip(shares, (t.task_name for t in tasks), strict=True))[1]
+    # fewer trials than kernels: one each; a per-kernel limit: the same for all
+    assert trial_shares(tasks, 2) == [1] * len(tasks)
+    assert tuning._shares(tasks, tuning.TuneOptions(trials=64, max_trials_per_task=5)) == [5] * len(tasks)
+
+
+def test_tuning_rounds_hold_kernels_of_one_share():
+    todo = [("a", 8), ("b", 8), ("c", 4)] + [(f"d{i}", 2) for i in range(tuning.TASKS_PER_ROUND + 1)]
+    rounds = tuning._rounds(todo)
+    assert [(len(tasks), share) for tasks, share in rounds] == [
+        (2, 8), (1, 4), (tuning.TASKS_PER_ROUND, 2), (1, 2)
+    ]  # fmt: skip
+    assert [task for tasks, _ in rounds for task in tasks] == [task for task, _ in todo]

@@ -23,7 +23,6 @@ builder's timeout); and the database is applied to the raw module.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from edgefab.export.measure import (
 )
 from edgefab.export.rpc_tuning import RpcDevice, device_gone, export_candidate, rpc_runner
 from edgefab.export.shipped_tuning import seed_from_shipped, shipped_database
+from edgefab.export.trial_shares import trial_shares
 from edgefab.export.tuning_db import (
     count_records,
     database_dir,
@@ -62,15 +62,16 @@ TASKS_PER_ROUND = 8
 
 @dataclass(frozen=True)
 class TuneOptions:
-    """How much to tune: ``trials`` candidates in all, spread evenly over the kernels.
+    """How much to tune: ``trials`` candidates in all, spread over the kernels by their likely share
+    of the time (:func:`edgefab.export.trial_shares.trial_shares`).
 
-    Records already in the database count: a kernel is tuned only up to its share (``trials`` over
-    the kernels, or ``max_trials_per_task``), so asking again for the same costs nothing, and asking
-    for more tunes further.
+    Records already in the database count: a kernel is tuned only up to its share (or
+    ``max_trials_per_task``), so asking again for the same costs nothing, and asking for more tunes
+    further.
     """
 
     trials: int = 64
-    max_trials_per_task: int | None = None  # default: trials spread evenly over the kernels
+    max_trials_per_task: int | None = None  # the same share for every kernel instead
     seed: int = 0
     device: RpcDevice | None = None  # measure on this device over TVM RPC; None: on this machine
 
@@ -133,11 +134,13 @@ def tune(
     if any("meta.json says" in note for note in report.warnings):
         raise EdgefabError(f"tuning database {folder} belongs to another TVM version; delete it to tune")
     database = open_database(folder, create=True)
-    share = options.max_trials_per_task or max(1, math.ceil(options.trials / max(1, len(tasks))))
+    shares = _shares(tasks, options)
     counts = [trials_in_database(database, t) for t in tasks]
-    # kernels with the fewest records first: when the trials run out, new kernels have been tuned
-    todo = [t for t, count in sorted(zip(tasks, counts, strict=True), key=lambda tc: tc[1]) if count < share]
-    budget = min(options.trials, sum(share - count for count in counts if count < share))
+    # the largest shares first (then the fewest records): when the trials run out, the kernels that
+    # take most of the time have been tuned
+    order = sorted(range(len(tasks)), key=lambda i: (-shares[i], counts[i]))
+    todo = [(tasks[i], shares[i]) for i in order if counts[i] < shares[i]]
+    budget = min(options.trials, sum(max(0, s - c) for s, c in zip(shares, counts, strict=True)))
     report.tasks_in_database = sum(count > 0 for count in counts)
     if todo and budget > 0:
         before = count_records(folder)
@@ -158,9 +161,7 @@ def tune(
                         interrupted.append(True)
                         raise
 
-                _run_tuner(
-                    todo, folder, database, options, (budget, share), report.cost_model, progress, defaults
-                )
+                _run_tuner(todo, folder, database, options, budget, report.cost_model, progress, defaults)
         except Exception:
             if gone:
                 raise _device_gone_error(options.device, folder) from None
@@ -174,6 +175,13 @@ def tune(
         )
     report.seconds = round(time.perf_counter() - started, 1)
     return report
+
+
+def _shares(tasks: list, options: TuneOptions) -> list[int]:
+    """Each kernel's share of the trials: ``max_trials_per_task`` for all, or by :func:`trial_shares`."""
+    if options.max_trials_per_task:
+        return [options.max_trials_per_task] * len(tasks)
+    return trial_shares(tasks, options.trials)
 
 
 def _device_gone_error(device: RpcDevice, folder: Path) -> EdgefabError:
@@ -240,33 +248,32 @@ def _strategy(per_task: int):
 
 
 def _run_tuner(
-    todo: list,
+    todo: list[tuple[Any, int]],
     folder: Path,
     database,
     options: TuneOptions,
-    trials: tuple[int, int],
+    budget: int,
     cost_model: str,
     on_batch: Callable[[int, list], None],
     defaults: list[int],
 ) -> None:
-    """Tune ``todo`` in rounds of ``TASKS_PER_ROUND`` kernels, each kernel's default schedule
-    measured after its round (``defaults[0]`` counts those records)."""
+    """Tune ``todo`` (kernels and their shares, equal shares next to each other) in rounds of up to
+    ``TASKS_PER_ROUND`` kernels of one share, each kernel's default schedule measured after its round
+    (``defaults[0]`` counts those records)."""
     from tvm.s_tir import meta_schedule as ms
 
     cpu_intrinsics_only()
     drop_nameless_log_handlers()
-    budget, per_task = trials
     logs = str(folder / "logs")
     local = options.device is None
     measured = [0]  # candidates measured in earlier rounds
     # MetaSchedule logs every step to stdout (which must stay clean for --json); its log files keep it.
     # Its stream handlers outlive the run, so the stream they were given stays open.
     with contextlib.redirect_stdout(devnull()):
-        cores = int(todo[0].target.attrs.get("num-cores", 0))  # every task has the tuning target
+        cores = int(todo[0][0].target.attrs.get("num-cores", 0))  # every task has the tuning target
         runner = local_runner({"num-cores": cores}) if local else rpc_runner(options.device)
         export = export_candidate(options.device)
-        for start in range(0, len(todo), TASKS_PER_ROUND):
-            round_tasks = todo[start : start + TASKS_PER_ROUND]
+        for round_tasks, per_task in _rounds(todo):
             round_budget = min(budget - measured[0], per_task * len(round_tasks))
             if round_budget <= 0:
                 break
@@ -297,6 +304,16 @@ def _run_tuner(
             )
             measured[0] += in_round[0]
             defaults[0] += compete_with_default(round_tasks, database, runner, export, build_candidate)
+
+
+def _rounds(todo: list[tuple[Any, int]]) -> list[tuple[list, int]]:
+    """``todo`` cut into rounds of at most ``TASKS_PER_ROUND`` kernels of one share, and that share."""
+    rounds: list[tuple[list, int]] = []
+    for task, share in todo:
+        if not rounds or rounds[-1][1] != share or len(rounds[-1][0]) == TASKS_PER_ROUND:
+            rounds.append(([], share))
+        rounds[-1][0].append(task)
+    return rounds
 
 
 def check_tunable(target, tvm_target: dict[str, Any], over_rpc: bool = False) -> None:
