@@ -8,20 +8,22 @@ a MobileNetV2-style network at 224 (the ``mnasnet-224`` space with every searcha
 expansion-6 3x3 inverted residual, 1000 classes). Each engine gets the same graph and the same
 seeded inputs and uses all cores (TVM: as many threads as ONNX Runtime); the engines of a model take
 turns in 15 rounds of 10 calls, a pause apart: a time is the median of the rounds' medians, "tuned /
-ORT" the median of the ratios within each round (see ``interleaved_medians``). "TVM tuned" tunes the
-model into a fresh database in a temporary folder (so neither the user's database nor earlier runs
-help it) and states its trials and wall time. "TVM space db" first tunes every distinct kernel of
+ORT" the median of the ratios within each round (see ``interleaved_medians``). "TVM untuned" is
+TVM's own build of the graph (NCHW, no edgefab passes). "TVM tuned" is what ``edgefab compile
+--tune N`` builds: the graph in the target's layout (``host``: NCHW8c, where it applies) tuned into
+a fresh database in a temporary folder (so neither the user's database nor earlier runs help it);
+the table states its trials, wall time and layout. "TVM space db" first tunes every distinct kernel of
 the model's search space into another fresh database (``edgefab tune --space``), then compiles the
 model with it: the model itself costs no trials; the column says how many of its kernels the space
 database covered. PyTorch eager runs the same architecture (random weights; the time does not depend
 on them) where edgefab has the PyTorch module; the two third-party models exist only as ONNX. The
 floor is the model's FLOPs (2 x MACs) over this machine's measured float32 matmul peak (numpy), a
 bound no engine reaches.
-With --layout NCHW8c (or 4c/16c) the model is also built with its convolutions in that blocked
-layout (``edgefab compile --layout``): tuned with the same trials into another fresh database, and
-compiled with the space database (which then holds the space's kernels in both layouts), all timed
-in the same rounds. --trials 0 skips the per-model tuning; --trials-space shipped uses edgefab's
-shipped host database instead of tuning one.
+With --layout NCHW (or NCHW4c/8c/16c) the model is also built in that layout (``edgefab compile
+--layout``): tuned with the same trials into another fresh database, and compiled with the space
+database (which then holds the space's kernels in both layouts), all timed in the same rounds.
+--trials 0 skips the per-model tuning; --trials-space shipped uses edgefab's shipped host database
+instead of tuning one.
 Prints a markdown table and writes the figures as JSON (--json-out); --keep DIR keeps the tuning
 databases (a ``db-N`` folder per model) and libraries for a later look or export.
 """
@@ -143,11 +145,11 @@ def tuned_in_fresh_database(mod, tvm_target: dict, trials: int, work: Path) -> t
 
 
 def fill_space_database(
-    space_name: str, trials: int | str, variants: dict, tvm_target: dict, folder: Path, layout: str | None
+    space_name: str, trials: int | str, variants: dict, tvm_target: dict, folder: Path, layouts: tuple
 ) -> dict:
     """The space database in ``folder``: edgefab's shipped one seeded for the kernels of the
-    ``variants`` (modules of one model), or the space's kernels tuned with ``trials`` (in NCHW and,
-    with ``layout``, in that layout too) as ``edgefab tune --space`` does; tuned once per space."""
+    ``variants`` (modules of one model), or the space's kernels tuned with ``trials`` in each of the
+    ``layouts`` (None: none) as ``edgefab tune --space`` does; tuned once per space."""
     from edgefab.export.measure import measure_here, tuning_target
     from edgefab.export.shipped_tuning import seed_database, shipped_database
     from edgefab.pipeline.tune import space_tasks
@@ -163,9 +165,23 @@ def fill_space_database(
     if folder.is_dir():
         return {"reused": str(folder)}
     tasks = []
-    for each in ("NCHW", layout) if layout else ("NCHW",):
+    for each in dict.fromkeys(layout for layout in layouts if layout):
         tasks += space_tasks(get_space(space_name), 10, tvm_target, SilentProgress(), each)
     return tuning.tune(tasks, folder, tuning.TuneOptions(trials=trials)).to_dict()
+
+
+def in_layout(model: onnx.ModelProto, layout: str) -> tuple[object, str]:
+    """The model's Relax module with its convolutions in ``layout`` where it applies (as ``edgefab
+    compile`` builds it), and the layout it got."""
+    from edgefab.export.layout import LayoutNotApplied
+
+    mod = import_onnx(model)
+    if block_of(layout) == 0:
+        return mod, "NCHW"
+    try:
+        return to_blocked_layout(mod, block_of(layout)), layout
+    except LayoutNotApplied:
+        return mod, "NCHW"
 
 
 def bench_case(
@@ -174,7 +190,8 @@ def bench_case(
     """Every column of the table for one model."""
     import tvm
 
-    tvm_target = resolve_tvm_target(load_target("host"))
+    host = load_target("host")
+    tvm_target = resolve_tvm_target(host)
     calls: dict[str, Callable] = {}
     calls["onnxruntime_ms"], reference = ort_runner(case.model, case.feeds)
     row = {"model": case.name, "flops": 2 * model_stats(case.model)["macs"]}
@@ -184,25 +201,25 @@ def bench_case(
     executable = tvm.compile(mod, tvm.target.Target(tvm_target))
     calls["tvm_untuned_ms"], out = tvm_runner(executable, case.feeds, work, f"{case.name}-u")
     diffs = {"untuned": graph.max_abs_diff(reference, out)}
-    blocked = to_blocked_layout(import_onnx(case.model), block_of(layout)) if layout else None
+    main, row["tuned_layout"] = in_layout(case.model, host.layout)
+    blocked, row["blocked_layout"] = in_layout(case.model, layout) if layout else (None, None)
     row["tuning"] = row["blocked_tuning"] = None
-    if trials:  # the model tuned into a fresh database, and again with its convolutions blocked
-        tuned, row["tuning"] = tuned_in_fresh_database(import_onnx(case.model), tvm_target, trials, work)
+    if trials:  # the model tuned into a fresh database, and again in the other layout
+        tuned, row["tuning"] = tuned_in_fresh_database(main, tvm_target, trials, work)
         calls["tvm_tuned_ms"], out = tvm_runner(tuned, case.feeds, work, f"{case.name}-t")
         diffs["tuned"] = graph.max_abs_diff(reference, out)
     if trials and blocked is not None:
         compiled, row["blocked_tuning"] = tuned_in_fresh_database(blocked, tvm_target, trials, work)
         calls["tvm_blocked_ms"], out = tvm_runner(compiled, case.feeds, work, f"{case.name}-b")
         diffs["blocked"] = graph.max_abs_diff(reference, out)
-    row["blocked_layout"] = layout
     row["pytorch_ms"] = row["tvm_space_ms"] = row["space"] = None
     if case.space and space_trials:
         folder = work / f"space-{case.space}"
-        variants = {"space": import_onnx(case.model)}
+        variants = {"space": main}
         if blocked is not None:
             variants["space_blocked"] = blocked
         row["space_tuning"] = fill_space_database(
-            case.space, space_trials, variants, tvm_target, folder, layout
+            case.space, space_trials, variants, tvm_target, folder, (host.layout, layout)
         )
         database = tuning.open_database(folder, create=False)
         for key, variant in variants.items():
@@ -286,7 +303,8 @@ def table(rows: list[dict], peak: float) -> str:
             f"{r['tvm_untuned_ms']:.3f}",
             f"{r['tvm_tuned_ms']:.3f}" if t else "-",
             f"{r['tvm_tuned_vs_ort']:.2f}x" if t else "-",
-            f"{t['tasks']} kernels, {t['new_trials']} trials, {t['seconds']:.0f} s ({t['cost_model']})"
+            f"{t['tasks']} kernels, {t['new_trials']} trials, {t['seconds']:.0f} s ({t['cost_model']}), "
+            f"{r['tuned_layout']}"
             if t
             else "not tuned per model (--trials 0)",
             space_cell(r, "space"),
@@ -326,8 +344,8 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[],
                         help="skip models: digits, ppocr, silero or MobileNetV2 (a prefix)")  # fmt: skip
     parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--layout", default=None, help="also build with the convolutions in this "
-                        "blocked layout (NCHW8c, ...): tuned into another fresh database with the same "
+    parser.add_argument("--layout", default=None, help="also build in this layout (NCHW, NCHW8c, ...; "
+                        "the target's is the main one): tuned into another fresh database with the same "
                         "trials, and with the space database")  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None,
                         help="work in this folder and keep it (tuning databases, libraries)")  # fmt: skip
