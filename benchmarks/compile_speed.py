@@ -256,14 +256,20 @@ def digits_case(out: Path) -> Case:
 
 
 def mobilenet_case(work: Path) -> Case:
-    """A MobileNetV2-style network at 224: every searchable layer of ``mnasnet-224`` a k3 e6 block."""
+    """A MobileNetV2-style network at 224: every searchable layer of ``mnasnet-224`` a k3 e6 block,
+    seeded, with batch norms like a trained network's (so its kernels are a trained model's)."""
+    import torch
+
     from edgefab.export.onnx_export import export_onnx
     from edgefab.factory.network import build_network
+    from edgefab.pipeline.tune import trained_like
     from edgefab.spaces import get_space
 
     space = get_space("mnasnet-224")
     spec = space.arch([slot.fixed or "k3_e6" for slot in space.slots], 1000)
-    model = export_onnx(build_network(spec), (1, *spec.input_shape), work / "mobilenet.onnx")
+    torch.manual_seed(0)
+    network = trained_like(build_network(spec), 0)
+    model = export_onnx(network, (1, *spec.input_shape), work / "mobilenet.onnx")
     return Case("MobileNetV2-style 224 (k3 e6)", model, graph.random_inputs(model, seed=0), spec, None)
 
 
