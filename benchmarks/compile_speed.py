@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 
 from edgefab.export import graph, tuning
-from edgefab.export.layout import block_of, to_blocked_layout
+from edgefab.export.layout import block_of
 from edgefab.export.stats import model_stats
 from edgefab.export.tvm_compile import import_onnx, resolve_tvm_target
 from edgefab.pipeline.common import SilentProgress
@@ -173,15 +173,13 @@ def fill_space_database(
 def in_layout(model: onnx.ModelProto, layout: str) -> tuple[object, str]:
     """The model's Relax module with its convolutions in ``layout`` where it applies (as ``edgefab
     compile`` builds it), and the layout it got."""
-    from edgefab.export.layout import LayoutNotApplied
+    from edgefab.pipeline.tune import blocked_or_plain
 
     mod = import_onnx(model)
     if block_of(layout) == 0:
         return mod, "NCHW"
-    try:
-        return to_blocked_layout(mod, block_of(layout)), layout
-    except LayoutNotApplied:
-        return mod, "NCHW"
+    converted = blocked_or_plain(mod, block_of(layout))
+    return converted, layout if converted is not mod else "NCHW"
 
 
 def bench_case(
