@@ -365,6 +365,25 @@ def test_supernet_training_under_torchrun(tmp_path):
     load_factory(out)
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
+    """What torchrun sets in each process when --nproc_per_node exceeds the GPUs: one clear line in
+    every rank, before any process group is joined (ranks within the GPU count would otherwise wait)."""
+    from edgefab.factory.supertrain import training_device
+
+    gpus = torch.cuda.device_count()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(gpus + 1))
+    advice = f"use --nproc_per_node {gpus} .one process per GPU. or --device cpu"
+    for rank in (0, gpus):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        with pytest.raises(EdgefabError, match=advice):
+            training_device("cuda")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(gpus))
+    monkeypatch.setenv("LOCAL_RANK", str(gpus - 1))
+    assert training_device("auto") == torch.device(f"cuda:{gpus - 1}")
+    assert training_device("cpu") == torch.device("cpu")
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is")
 def test_factory_train_on_an_absent_gpu_is_refused_before_any_work(tmp_path):
     from typer.testing import CliRunner

@@ -26,6 +26,7 @@ from torch import distributed as dist
 
 from edgefab.data import Dataset, to_float
 from edgefab.devices import resolve_device
+from edgefab.errors import EdgefabError
 from edgefab.factory.supernet import ModularSupernet
 
 ProgressFn = Callable[[int, int], None]
@@ -59,6 +60,12 @@ def training_device(name: str) -> torch.device:
     (``cuda:LOCAL_RANK``), as ``torchrun --nproc_per_node`` with one process per GPU expects."""
     device = resolve_device(name)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        per_machine, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+        if per_machine > gpus:  # every process checks, so none waits for a partner that failed
+            raise EdgefabError(
+                f"torchrun started {per_machine} processes on a machine with {gpus} CUDA GPU(s): "
+                f"use --nproc_per_node {gpus} (one process per GPU) or --device cpu"
+            )
         device = resolve_device(f"cuda:{os.environ['LOCAL_RANK']}")
     return device
 
