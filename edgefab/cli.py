@@ -326,9 +326,14 @@ def profile(
         base = profile_base(space, resolution)
     else:
         fail(f"unknown space '{space}'; use one of {', '.join((*PROFILE_SPACES, *SPACES))}")
+    build = None
+    if (runtime == "tvm" and profile_target.runs_here) or rpc:  # the kernels a package ships
+        from edgefab.export.tvm_compile import layer_build
+
+        build = layer_build(profile_target)
     with RichProgress(enabled=not as_json) as progress:
         table, path = run_profile(profile_target, base, runtime, threads, rpc, key, networks=networks,
-                                  progress=progress, timeout_s=timeout)  # fmt: skip
+                                  progress=progress, timeout_s=timeout, build=build)  # fmt: skip
     report = profile_report(table, path)
     emit(report, as_json, key_value_table(f"edgefab profile: {table.target}", list(report.items())))
 

@@ -9,12 +9,13 @@ from typer.testing import CliRunner
 from edgefab.arch import ArchSpec, BlockSpec
 from edgefab.cli import app
 from edgefab.errors import EdgefabError
+from edgefab.export.tvm_compile import layer_build
 from edgefab.targets import load_target
 from edgefab.targets.graphs import layers_graph
 from edgefab.targets.latency import latency_model
 from edgefab.targets.layers import spec_layers
-from edgefab.targets.measured import MeasuredTable, table_path
-from edgefab.targets.profiling import connect_tracker, profile
+from edgefab.targets.measured import MeasuredTable, space_layers, table_path
+from edgefab.targets.profiling import TVM_DEFAULT_BUILD, connect_tracker, profile
 
 TINY = ArchSpec(
     (3, 32, 32), 10, 8, (BlockSpec(8, 3, 1, 1), BlockSpec(16, 3, 3, 2), BlockSpec(16, 3, 3, 1)), 32, 2
@@ -78,15 +79,23 @@ def test_profile_over_a_localhost_tvm_rpc_tracker(cache):
         address = f"127.0.0.1:{tracker.port}"
         with pytest.raises(EdgefabError, match="no RPC server with key 'iphone'.*android"):
             connect_tracker(address, "iphone", timeout_s=1)
-        table, path = profile(load_target("host"), TINY, rpc=address, key="android", candidates=("k3_e3",),
-                              networks=2, rounds=1)  # fmt: skip
+        host = load_target("host")
+        default, _ = profile(host, TINY, rpc=address, key="android", candidates=("k5_e6",), networks=2,
+                             rounds=1)  # fmt: skip
+        shipped_build = layer_build(host)  # what edgefab profile passes: edgefab compile's build
+        table, path = profile(host, TINY, rpc=address, key="android", candidates=("k3_e3",), networks=2,
+                              rounds=1, build=shipped_build)  # fmt: skip
     finally:
         server.terminate()
         tracker.terminate()
     assert "tvm-" in path.name and table.device == f"RPC key 'android' via {address}"
+    assert default.build == TVM_DEFAULT_BUILD and len(default.layers) == 9
+    # compiled another way: the cached table is replaced, not extended with the default build's layers
+    assert table.build == shipped_build.description and "NCHW8c inside" in table.build
+    assert set(table.layers) == {layer.key() for layer in space_layers(TINY, ("k3_e3",))}
     assert len(table.layers) == 7 and all(ms > 0 for ms in table.layers.values())
     model = latency_model("host", runtime="tvm")
-    assert model.kind == "measured table" and "tvm-" in model.method
+    assert model.kind == "measured table" and "tvm-" in model.method and "NCHW8c inside" in model.method
     assert model.predict(TINY).ms > 0
 
 
@@ -121,6 +130,7 @@ def test_cli_latency_profile_and_targets(tmp_path, cache):
         (["profile", "--target", "pixel"], "--rpc HOST:PORT"),
         (["profile", "--rpc", "127.0.0.1:1", "--key", "x", "--timeout", "1"], "cannot reach the TVM RPC"),
         (["profile", "--space", "resnet"], "unknown space 'resnet'"),
+        (["profile", "--target", "pixel-gpu", "--rpc", "127.0.0.1:1", "--key", "x"], "runs OpenCL kernels"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, cache, args, message):

@@ -20,6 +20,7 @@ from edgefab.errors import EdgefabError, UnsupportedOperatorError
 from edgefab.export import graph, opencl, tuning
 from edgefab.export.layout import LayoutNotApplied, block_of, to_blocked_layout
 from edgefab.targets import Target
+from edgefab.targets.profiling import LayerBuild
 
 # Handled by the importer itself rather than its converter map.
 _BUILTIN_OPS = {"Constant", "If"}
@@ -156,6 +157,23 @@ def compile_onnx(
         artifact = _export_cross(executable, target, tvm_target, out_dir, name)
     artifact.extra_files, artifact.details = extra, details
     return artifact
+
+
+def layer_build(target: Target) -> LayerBuild:
+    """How ``edgefab profile --runtime tvm`` compiles each layer: as :func:`compile_onnx` does (the
+    target's layout, its tuning database where that holds the layer's kernels, linked for the
+    device), so a measured table times the kernels a package ships. CPU targets only: profiling times
+    layers on the device's CPU."""
+    if opencl.is_opencl(resolve_tvm_target(target)):
+        raise EdgefabError(f"target {target.name} runs OpenCL kernels; profiling times layers on a CPU: "
+                           "profile a CPU target")  # fmt: skip
+    device_linker(target)  # no cross compiler: fail before any work, not with an unloadable archive
+
+    def compile_layers(model: onnx.ModelProto, folder: Path, name: str) -> Path:
+        return compile_onnx(model, target, folder, name).path
+
+    how = f"{target.layout} inside where it applies, the '{target.name}' tuning database's kernels"
+    return LayerBuild(compile_layers, f"as edgefab compile builds it: {how}")
 
 
 def import_onnx(model: onnx.ModelProto):

@@ -90,6 +90,7 @@ class MeasuredTable:
     overhead: tuple[float, float] = (0.0, 0.0)
     networks: list[dict] = field(default_factory=list)  # {"layers": n, "sum_ms": s, "measured_ms": m}
     created: str = ""
+    build: str = ""  # TVM tables: how the layers were compiled (profiling.LayerBuild.description)
 
     def save(self, path: Path) -> None:
         """Write atomically (a reader never sees half a table)."""
@@ -157,8 +158,8 @@ def measured_model(
     if target.runs_here and runtime == "onnxruntime":
         measure = _kept_on_disk(OrtMeasurer(count).layer, table, path)
     method = (
-        f"{len(table.layers)} layers measured with {table.runtime} on {table.device}, {count} thread(s); "
-        f"overhead fitted on {len(table.networks)} networks"
+        f"{len(table.layers)} layers measured with {table.runtime} on {table.device}, {count} thread(s)"
+        f"{f' ({table.build})' if table.build else ''}; overhead fitted on {len(table.networks)} networks"
         if table.networks
         else f"layers measured with {table.runtime} here on first use, {count} thread(s); no overhead "
         f"fitted (run edgefab profile --target {target.name})"

@@ -2,7 +2,9 @@
 
 The TVM path compiles each layer for the target's TVM target, uploads the library to the device
 (a TVM RPC server reached through a tracker, or this process for ``--runtime tvm`` without RPC),
-and times it there with ``time_evaluator``.
+and times it there with ``time_evaluator``. How a layer is compiled is the caller's choice (a
+:class:`LayerBuild`; ``edgefab profile`` passes the one ``edgefab compile`` uses, so a table times
+the kernels a package ships); without one it is TVM's own default build.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +45,19 @@ class Progress(Protocol):
 
     def stage(self, description: str) -> None: ...
     def advance(self, done: int, total: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class LayerBuild:
+    """How the TVM path compiles a layer graph: ``compile(model, folder, name)`` writes a library
+    the device can load into ``folder`` and returns its path; ``description`` is kept in the table
+    (a table measured one way is not extended with layers compiled another way)."""
+
+    compile: Callable[[Any, Path, str], Path]
+    description: str
+
+
+TVM_DEFAULT_BUILD = "TVM's default build (NCHW, untuned)"
 
 
 class _Quiet:
@@ -87,28 +103,20 @@ def connect_tracker(address: str, key: str, timeout_s: float = 10.0) -> Any:
 class TvmMeasurer:
     """Times layers compiled by TVM on the session's device (``number`` x ``repeat``, median)."""
 
-    def __init__(self, target: Target, session: Any, work: Path, budget_ms: float = 200.0):
-        import tvm
-        from tvm.target import codegen
-
-        tvm_target = dict(target.tvm)
-        if tvm_target.get("mcpu") == "native":
-            tvm_target["mcpu"] = codegen.llvm_get_system_cpu()
-        self.tvm_target = tvm.target.Target(tvm_target)
+    def __init__(self, target: Target, session: Any, work: Path, build: LayerBuild | None = None,
+                 budget_ms: float = 200.0):  # fmt: skip
         self.session, self.work, self.budget_ms, self.count = session, work, budget_ms, 0
-        self.export_args = _export_args(target)
+        self.build = build or default_build(target)
 
     def timer(self, layers: Sequence[Layer]) -> Callable[[], list[float]]:
         """Compile ``layers`` as one graph and load it on the device; a function timing one round."""
         import tvm
         from tvm import relax
-        from tvm.relax.frontend.onnx import from_onnx
 
         feed = random_input(layers[0])
-        executable = tvm.compile(from_onnx(layers_graph(layers)), self.tvm_target)
         self.count += 1
-        path = self.work / f"layer{self.count}.so"
-        executable.export_library(str(path), **self.export_args)
+        # A name per library: the device's loader would hand back an already loaded file of that name.
+        path = self.build.compile(layers_graph(layers), self.work, f"layer{self.count}")
         self.session.upload(str(path))
         device = self.session.cpu()
         vm = relax.VirtualMachine(self.session.load_module(path.name), device)
@@ -116,6 +124,26 @@ class TvmMeasurer:
         repeat_ms = max(1, int(self.budget_ms / 5))
         timer = vm.time_evaluator("main", device, number=1, repeat=5, min_repeat_ms=repeat_ms)
         return lambda: [float(t) * 1e3 for t in timer(data).results]
+
+
+def default_build(target: Target) -> LayerBuild:
+    """TVM's own build of a layer graph for ``target`` (no layout change, no tuning database)."""
+    import tvm
+    from tvm.target import codegen
+
+    tvm_target = dict(target.tvm)
+    if tvm_target.get("mcpu") == "native":
+        tvm_target["mcpu"] = codegen.llvm_get_system_cpu()
+    compiled_for, export_args = tvm.target.Target(tvm_target), _export_args(target)
+
+    def compile_layers(model: Any, folder: Path, name: str) -> Path:
+        from tvm.relax.frontend.onnx import from_onnx
+
+        path = folder / f"{name}.so"
+        tvm.compile(from_onnx(model), compiled_for).export_library(str(path), **export_args)
+        return path
+
+    return LayerBuild(compile_layers, TVM_DEFAULT_BUILD)
 
 
 def _export_args(target: Target) -> dict[str, Any]:
@@ -147,13 +175,14 @@ def profile(
     progress: Progress | None = None,
     timeout_s: float = 10.0,
     rounds: int = 3,
+    build: LayerBuild | None = None,
 ) -> tuple[MeasuredTable, Path]:
-    """Measure every layer of the space around ``base`` and fit the overhead; returns the cached table."""
+    """Measure every layer of the space around ``base`` and fit the overhead; returns the cached table
+    (``build``: how the TVM path compiles layers, default TVM's own build)."""
     rng = np.random.default_rng(seed)
     specs = [base] + [random_spec(base, rng, candidates) for _ in range(networks - 1)]
-    return profile_layers(
-        target, space_layers(base, candidates), specs, runtime, threads, rpc, key, progress, timeout_s, rounds
-    )
+    return profile_layers(target, space_layers(base, candidates), specs, runtime, threads, rpc, key, progress,
+                          timeout_s, rounds, build)  # fmt: skip
 
 
 def profile_layers(
@@ -167,6 +196,7 @@ def profile_layers(
     progress: Progress | None = None,
     timeout_s: float = 10.0,
     rounds: int = 3,
+    build: LayerBuild | None = None,
 ) -> tuple[MeasuredTable, Path]:
     """Measure ``layers`` one by one and ``specs`` as whole networks (to fit the per-network
     overhead), add them to the target's cached table and save it; returns the table and its path."""
@@ -181,13 +211,15 @@ def profile_layers(
     count = resolve_threads(target, threads)
     path = table_path(target, runtime, count)
     device = f"RPC key '{key}' via {rpc}" if rpc else "this machine"
-    table = MeasuredTable.load(path) if path.is_file() else MeasuredTable(
-        target.name, runtime_version(runtime), count, device)  # fmt: skip
+    built = (build.description if build else TVM_DEFAULT_BUILD) if runtime == "tvm" else ""
+    table = MeasuredTable.load(path) if path.is_file() else None
+    if table is None or table.build != built:  # layers compiled another way are not comparable
+        table = MeasuredTable(target.name, runtime_version(runtime), count, device, build=built)
     table.device = device
     layers = list(layers)
     nets = [spec_layers(spec) for spec in specs]
     with tempfile.TemporaryDirectory(prefix="edgefab-profile-") as work:
-        measurer = _measurer(target, runtime, count, rpc, key, Path(work), timeout_s)
+        measurer = _measurer(target, runtime, count, rpc, key, Path(work), timeout_s, build)
         groups = [[RUN_PROBE]] + [[layer] for layer in layers] + nets
         version = runtime_version(runtime)
         progress.stage(f"preparing {len(layers)} layers and {len(nets)} networks ({version})")
@@ -222,7 +254,7 @@ def _rounds(timers: Sequence[Callable[[], list[float]]], rounds: int, progress: 
 
 
 def _measurer(target: Target, runtime: str, threads: int, rpc: str | None, key: str | None,
-              work: Path, timeout_s: float):  # fmt: skip
+              work: Path, timeout_s: float, build: LayerBuild | None):  # fmt: skip
     if runtime == "onnxruntime":
         return OrtMeasurer(threads)
     if runtime != "tvm":
@@ -231,10 +263,10 @@ def _measurer(target: Target, runtime: str, threads: int, rpc: str | None, key: 
         session = connect_tracker(rpc, key or "", timeout_s)
         # On the device: mode 1 takes the big cores first (a phone's little cores would set the pace).
         session.get_function("runtime.config_threadpool")(1, threads)
-        return TvmMeasurer(target, session, work)
+        return TvmMeasurer(target, session, work, build)
     from tvm import rpc as tvm_rpc
 
     # TVM sizes a thread's pool once, from TVM_NUM_THREADS, else half the logical CPUs on x86 (one
     # thread on a 2-core machine without hyper-threads): the table says it was measured on ``threads``.
     os.environ["TVM_NUM_THREADS"] = str(threads)
-    return TvmMeasurer(target, tvm_rpc.LocalSession(), work)
+    return TvmMeasurer(target, tvm_rpc.LocalSession(), work, build)
