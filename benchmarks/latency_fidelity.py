@@ -80,7 +80,7 @@ def host(
     """Profile, then predicted vs measured for random architectures, per thread count."""
     from edgefab.targets import load_target
     from edgefab.targets.latency import latency_model
-    from edgefab.targets.measured import measure_rounds, model_timer
+    from edgefab.targets.measured import PROFILE_SECONDS, measure_rounds, model_timer
     from edgefab.targets.profiling import profile
 
     target = load_target("host")
@@ -97,12 +97,13 @@ def host(
     results = {}
     for threads in threads_list:
         start = time.time()
-        table, _ = profile(target, base, threads=threads)
+        table, _ = profile(target, base, threads=threads, min_seconds=PROFILE_SECONDS)
         model = latency_model(target, threads=threads)
         predicted = [model.total_ms(s) for s in specs]
         timers = [model_timer(m, threads) for m in models]
-        first = measure_rounds(timers, 5)  # every network in each round: load spreads over all
-        second = measure_rounds(timers, 5)
+        # every network in each round (load spreads over all), each pass as long as profile's window
+        first = measure_rounds(timers, 5, PROFILE_SECONDS)
+        second = measure_rounds(timers, 5, PROFILE_SECONDS)
         results[f"{threads} thread(s)"] = {
             "prediction": shares(predicted, first),
             "repeat_measurement": shares(second, first),
@@ -129,13 +130,13 @@ def host(
 
 
 def beside_reference(timers, reference, rounds: int) -> list[float]:
-    """Each timer's time over the reference's, both timed back to back (10th percentile of a round's
+    """Each timer's time over the reference's, both timed back to back (the fastest of a round's
     calls), the median over ``rounds`` rounds."""
     ratios: list[list[float]] = [[] for _ in timers]
     for _ in range(rounds):
         for index, timer in enumerate(timers):
-            base = np.percentile(reference(), 10)
-            ratios[index].append(float(np.percentile(timer(), 10) / base))
+            base = min(reference())
+            ratios[index].append(min(timer()) / base)
     return [float(np.median(r)) for r in ratios]
 
 

@@ -311,11 +311,16 @@ def profile(
     threads: Annotated[int | None, typer.Option(help="Threads (default: the target's; 0: all).")] = None,
     networks: Annotated[int, typer.Option(min=2, help="Whole networks timed to fit the overhead.")] = 10,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the RPC tracker.")] = 10.0,
+    seconds: Annotated[
+        float | None,
+        typer.Option(min=0, help="Time over at least this long (default 30: outlasts a slow phase)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Build or refresh a target's per-layer latency table by measurement (here, or over TVM RPC)."""
     from edgefab.spaces import SPACES
     from edgefab.targets import load_target
+    from edgefab.targets.measured import PROFILE_SECONDS
     from edgefab.targets.profiling import profile as run_profile
     from edgefab.targets.reports import PROFILE_SPACES, profile_base, profile_report
 
@@ -333,7 +338,8 @@ def profile(
         build = layer_build(profile_target)
     with RichProgress(enabled=not as_json) as progress:
         table, path = run_profile(profile_target, base, runtime, threads, rpc, key, networks=networks,
-                                  progress=progress, timeout_s=timeout, build=build)  # fmt: skip
+                                  progress=progress, timeout_s=timeout, build=build,
+                                  min_seconds=PROFILE_SECONDS if seconds is None else seconds)  # fmt: skip
     report = profile_report(table, path)
     emit(report, as_json, key_value_table(f"edgefab profile: {table.target}", list(report.items())))
 

@@ -14,7 +14,7 @@ from edgefab.targets import load_target
 from edgefab.targets.graphs import layers_graph
 from edgefab.targets.latency import latency_model
 from edgefab.targets.layers import spec_layers
-from edgefab.targets.measured import MeasuredTable, space_layers, table_path
+from edgefab.targets.measured import STATISTIC, MeasuredTable, measure_rounds, space_layers, table_path
 from edgefab.targets.profiling import TVM_DEFAULT_BUILD, connect_tracker, profile
 
 TINY = ArchSpec(
@@ -51,6 +51,36 @@ def test_host_profile_is_cached_and_used(cache):
     kept = MeasuredTable.load(path)
     assert len(kept.layers) > len(table.layers) and kept.overhead == table.overhead
     assert latency_model(host, threads=1).predict(wider).ms == pytest.approx(first.ms)
+
+
+def test_measure_rounds_takes_the_fastest_call_over_rounds_and_a_window():
+    calls = []
+
+    def timer(values):
+        return lambda: calls.append(1) or list(values)
+
+    assert measure_rounds([timer([3.0, 2.0, 5.0]), timer([0.5, 0.7])], 2) == [2.0, 0.5]
+    assert len(calls) == 4  # two rounds of two timers
+    shares = []
+    calls.clear()
+    measure_rounds([timer([1.0])], 1, min_seconds=0.05, on_round=shares.append)
+    assert len(calls) > 1 and shares[-1] == 1.0 and shares == sorted(shares)  # rounds until 50 ms passed
+
+
+def test_a_table_timed_with_another_statistic_is_measured_afresh(cache):
+    host = load_target("host")
+    path = table_path(host, "onnxruntime", 1)
+    stale = MeasuredTable("host", "onnxruntime-old", 1, "this machine", layers={"bogus": 9.0})
+    stale.save(path)
+    assert MeasuredTable.load(path).statistic == "10th percentile"  # what tables without the field used
+    model = latency_model(host, threads=1)  # re-measured on use, the stale figures not mixed in
+    assert "bogus" not in model.table and "fastest call" in model.method
+    model.predict(TINY)
+    kept = MeasuredTable.load(path)
+    assert kept.statistic == STATISTIC and "bogus" not in kept.layers
+    stale.save(path)
+    table, _ = profile(host, TINY, threads=1, candidates=("k3_e3",), networks=2, rounds=1)
+    assert table.statistic == STATISTIC and "bogus" not in table.layers
 
 
 def test_profile_refuses_a_remote_target_without_rpc(cache):

@@ -27,10 +27,11 @@ from edgefab.targets import Target
 from edgefab.targets.graphs import layers_graph, random_input
 from edgefab.targets.layers import Layer, spec_layers
 from edgefab.targets.measured import (
-    PERCENTILE,
     RUN_PROBE,
+    STATISTIC,
     MeasuredTable,
     OrtMeasurer,
+    measure_rounds,
     random_spec,
     resolve_threads,
     runtime_version,
@@ -101,7 +102,7 @@ def connect_tracker(address: str, key: str, timeout_s: float = 10.0) -> Any:
 
 
 class TvmMeasurer:
-    """Times layers compiled by TVM on the session's device (``number`` x ``repeat``, median)."""
+    """Times layers compiled by TVM on the session's device (``repeat`` windows of ``number`` calls)."""
 
     def __init__(self, target: Target, session: Any, work: Path, build: LayerBuild | None = None,
                  budget_ms: float = 200.0):  # fmt: skip
@@ -176,13 +177,15 @@ def profile(
     timeout_s: float = 10.0,
     rounds: int = 3,
     build: LayerBuild | None = None,
+    min_seconds: float = 0.0,
 ) -> tuple[MeasuredTable, Path]:
     """Measure every layer of the space around ``base`` and fit the overhead; returns the cached table
-    (``build``: how the TVM path compiles layers, default TVM's own build)."""
+    (``build``: how the TVM path compiles layers, default TVM's own build; ``min_seconds``: the
+    shortest timing window, ``measured.PROFILE_SECONDS`` for a table that outlasts a slow phase)."""
     rng = np.random.default_rng(seed)
     specs = [base] + [random_spec(base, rng, candidates) for _ in range(networks - 1)]
     return profile_layers(target, space_layers(base, candidates), specs, runtime, threads, rpc, key, progress,
-                          timeout_s, rounds, build)  # fmt: skip
+                          timeout_s, rounds, build, min_seconds)  # fmt: skip
 
 
 def profile_layers(
@@ -197,6 +200,7 @@ def profile_layers(
     timeout_s: float = 10.0,
     rounds: int = 3,
     build: LayerBuild | None = None,
+    min_seconds: float = 0.0,
 ) -> tuple[MeasuredTable, Path]:
     """Measure ``layers`` one by one and ``specs`` as whole networks (to fit the per-network
     overhead), add them to the target's cached table and save it; returns the table and its path."""
@@ -213,8 +217,9 @@ def profile_layers(
     device = f"RPC key '{key}' via {rpc}" if rpc else "this machine"
     built = (build.description if build else TVM_DEFAULT_BUILD) if runtime == "tvm" else ""
     table = MeasuredTable.load(path) if path.is_file() else None
-    if table is None or table.build != built:  # layers compiled another way are not comparable
-        table = MeasuredTable(target.name, runtime_version(runtime), count, device, build=built)
+    if table is None or (table.build, table.statistic) != (built, STATISTIC):  # not comparable: re-measure
+        table = MeasuredTable(target.name, runtime_version(runtime), count, device, build=built,
+                              statistic=STATISTIC)  # fmt: skip
     table.device = device
     layers = list(layers)
     nets = [spec_layers(spec) for spec in specs]
@@ -227,8 +232,13 @@ def profile_layers(
         for done, group in enumerate(groups, 1):
             timers.append(measurer.timer(group))
             progress.advance(done, len(groups))
-        progress.stage(f"timing on {device}, {rounds} interleaved rounds")
-        values = _rounds(timers, rounds, progress)
+        window = f", over at least {min_seconds:g} s" if min_seconds else ""
+        progress.stage(f"timing on {device}, at least {rounds} interleaved rounds{window}")
+
+        def on_round(done: float) -> None:
+            progress.advance(int(1000 * done), 1000)
+
+        values = measure_rounds(timers, rounds, min_seconds, on_round)
     run, layer_ms, net_ms = values[0], values[1 : len(layers) + 1], values[len(layers) + 1 :]
     table.layers.update({layer.key(): max(0.0, ms - run) for layer, ms in zip(layers, layer_ms, strict=True)})
     table.networks = [
@@ -240,17 +250,6 @@ def profile_layers(
     table.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     table.save(path)
     return table, path
-
-
-def _rounds(timers: Sequence[Callable[[], list[float]]], rounds: int, progress: Progress) -> list[float]:
-    """``measure_rounds`` with progress per timer and round."""
-    samples: list[list[float]] = [[] for _ in timers]
-    total = rounds * len(timers)
-    for round_index in range(rounds):
-        for index, timer in enumerate(timers):
-            samples[index] += timer()
-            progress.advance(round_index * len(timers) + index + 1, total)
-    return [float(np.percentile(values, PERCENTILE)) for values in samples]
 
 
 def _measurer(target: Target, runtime: str, threads: int, rpc: str | None, key: str | None,

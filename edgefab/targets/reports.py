@@ -89,6 +89,7 @@ def profile_report(table: MeasuredTable, path: Path) -> dict[str, Any]:
     ]
     return {
         "target": table.target, "runtime": table.runtime, "threads": table.threads, "device": table.device,
+        "statistic": table.statistic,
         **({"build": table.build} if table.build else {}),
         "layers": len(table.layers), "networks": len(table.networks), "table": str(path),
         "run_call_ms": round(table.overhead[0], 4), "network_overhead_share": round(table.overhead[1], 4),
