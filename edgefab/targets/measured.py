@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -213,10 +214,10 @@ def measure_rounds(
     timers: Sequence[Callable[[], list[float]]],
     rounds: int,
     min_seconds: float = 0.0,
-    on_round: Callable[[float], None] | None = None,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> list[float]:
     """The fastest of each timer's calls over interleaved rounds: at least ``rounds`` of them and
-    at least ``min_seconds`` of timing. ``on_round`` gets the share done after each round."""
+    at least ``min_seconds`` of timing. ``on_round`` gets the rounds done and the rounds expected."""
     samples: list[list[float]] = [[] for _ in timers]
     start, done = time.perf_counter(), 0
     while True:
@@ -224,10 +225,11 @@ def measure_rounds(
             samples[index] += timer()
         done += 1
         elapsed = time.perf_counter() - start
-        share = min(done / rounds, elapsed / min_seconds if min_seconds > 0 else 1.0)
+        finished = done >= rounds and elapsed >= min_seconds
         if on_round:
-            on_round(min(share, 1.0))
-        if share >= 1.0:
+            expected = max(rounds, math.ceil(min_seconds * done / max(elapsed, 1e-9)))
+            on_round(done, done if finished else max(expected, done + 1))
+        if finished:
             return [min(values) for values in samples]
 
 

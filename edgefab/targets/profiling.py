@@ -9,6 +9,7 @@ the kernels a package ships); without one it is TVM's own default build.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -234,11 +235,7 @@ def profile_layers(
             progress.advance(done, len(groups))
         window = f", over at least {min_seconds:g} s" if min_seconds else ""
         progress.stage(f"timing on {device}, at least {rounds} interleaved rounds{window}")
-
-        def on_round(done: float) -> None:
-            progress.advance(int(1000 * done), 1000)
-
-        values = measure_rounds(timers, rounds, min_seconds, on_round)
+        values = measure_rounds(timers, rounds, min_seconds, progress.advance)
     run, layer_ms, net_ms = values[0], values[1 : len(layers) + 1], values[len(layers) + 1 :]
     table.layers.update({layer.key(): max(0.0, ms - run) for layer, ms in zip(layers, layer_ms, strict=True)})
     table.networks = [
@@ -264,6 +261,8 @@ def _measurer(target: Target, runtime: str, threads: int, rpc: str | None, key: 
         session.get_function("runtime.config_threadpool")(1, threads)
         return TvmMeasurer(target, session, work, build)
     from tvm import rpc as tvm_rpc
+
+    logging.getLogger("RPCServer").setLevel(logging.WARNING)  # TVM's in-process server logs each load
 
     # TVM sizes a thread's pool once, from TVM_NUM_THREADS, else half the logical CPUs on x86 (one
     # thread on a 2-core machine without hyper-threads): the table says it was measured on ``threads``.
