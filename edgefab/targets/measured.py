@@ -11,9 +11,9 @@ thread count and, for this machine, CPU.
 Each figure is the fastest of all calls timed over interleaved rounds (``measure_rounds``): the
 latency of the layer or network when nothing else gets in its way. On a shared virtual machine a
 low statistic is what repeats: back to back, medians of the same network moved by up to 17 % under
-load. At two threads this machine also runs slow phases (a whole minute 20-30 % slower, every
-network alike), so ``edgefab profile`` times over at least ``PROFILE_SECONDS``: the fastest call of
-a long window comes from a fast phase, where a 10th percentile still carries the slow one
+load. At two threads this machine also runs slow phases (every network 20-30 % slower, for 25 s and
+longer), so ``edgefab profile`` times over at least ``PROFILE_SECONDS``: the fastest call of a window
+that holds a fast stretch is the fast stretch's figure, where a 10th percentile carries the slow one
 (BENCHMARKS.md, issue 3, "the fastest call").
 """
 
@@ -207,7 +207,7 @@ class OrtMeasurer:
 
 
 STATISTIC = "fastest call"  # recorded in each table: a table timed another way is measured afresh
-PROFILE_SECONDS = 30.0  # edgefab profile's shortest timing window (a slow phase of this VM lasts ~20-30 s)
+PROFILE_SECONDS = 30.0  # edgefab profile's shortest timing window (--seconds: longer on a noisier machine)
 
 
 def measure_rounds(
