@@ -18,7 +18,8 @@
                                  [--scratch-like-supernet] [--samplers-only | --skip-samplers]
                                  [--sampler-seeds 5] [--rank latency|probability] [--scratch-seeds 1]
 
-Accuracies are on the task's whole validation split (every model alike); latencies: the three
+(b)'s accuracies are on the task's validation images that no method selected on (``--judge-on all``:
+the whole validation split, as runs before 2026-11-27 (night) were judged); latencies: the three
 choices of a cell timed in 5 interleaved rounds of 40 ONNX Runtime runs here, median of the rounds.
 Prints a markdown table per part; run it on a quiet machine.
 """
@@ -96,6 +97,12 @@ def main() -> None:
     parser.add_argument(
         "--scratch-seeds", type=int, default=1, help="training runs of each scratch member (b) averages"
     )
+    parser.add_argument(
+        "--judge-on",
+        choices=("held-out", "all"),
+        default="held-out",
+        help="(b)'s judging images: those no method selected on (default), or the whole validation split",
+    )
     parser.add_argument("--rank", default=CustomizeOptions.rank, help="(c)'s ranking: latency or probability")
     parser.add_argument("--samplers-only", action="store_true", help="run (c) alone, in minutes")
     parser.add_argument("--skip-samplers", action="store_true", help="run (a) and (b) without (c)")
@@ -111,14 +118,14 @@ def main() -> None:
     scratch = TrainConfig(epochs=training["epochs"])
     if args.scratch_like_supernet:
         scratch = TrainConfig(epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"])
-    rows, sampler_rows = [], []
+    rows, sampler_rows, split = [], [], judging_split(factory, train, val, args.judge_on)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         for text in TASKS[: args.tasks]:
             task = parse_task(text, data.classes)
             for budget in budgets:
                 if not args.samplers_only:
-                    rows.append(compare(factory, task, model, budget, (train, val), scratch, args, work))
+                    rows.append(compare(factory, task, model, budget, split, scratch, args, work))
                     print(rows[-1], flush=True)
                 if args.skip_samplers:
                     continue
@@ -126,14 +133,29 @@ def main() -> None:
                     samplers(factory, task, model, budget, train, val, args.sampler_seeds, args.rank)
                 )
                 print(sampler_rows[-1], flush=True)
-    print(f"scratch family: {scratch}")
+    print(f"scratch family: {scratch}; (b) judged on {args.judge_on} validation images")
     print_tables(rows, sampler_rows, smallest, largest)
+
+
+def judging_split(factory, train, val, judge_on: str) -> tuple:
+    """(train, images methods select on, images they are judged on).
+
+    ``held-out``: the factory and optuna score candidates on the images the factory's pool was scored
+    on and every model is judged on the rest, as (c) does; judged on images it picked with, the best
+    of several candidates reads higher than it is (by the luck of the draw), and the scratch network
+    has nothing to pick. ``all``: both on the whole validation split (runs before 2026-11-27, night).
+    """
+    if judge_on == "all":
+        return train, val, val
+    seen = pool_images(len(val), factory.meta["training"]["seed"], factory.meta["pool"]["scored_on"])
+    return train, val.subset(seen), val.subset(np.setdiff1d(np.arange(len(val)), seen))
 
 
 def compare(factory, task, model, budget, split, scratch: TrainConfig, args, work) -> dict:
     """One (task, budget): factory vs optuna (``args.search_factor`` x the time) vs the from-scratch
-    family's member within budget, trained ``args.scratch_seeds`` times."""
-    train, val = split
+    family's member within budget, trained ``args.scratch_seeds`` times; ``split`` is
+    (train, select, judge) from :func:`judging_split`."""
+    train, val, judge = split
     start = time.perf_counter()
     chosen = customize(factory, task, model, budget, train, val, CustomizeOptions())
     factory_s = time.perf_counter() - start
@@ -146,12 +168,13 @@ def compare(factory, task, model, budget, split, scratch: TrainConfig, args, wor
     except EdgefabError:  # none measured within budget (as build would refuse): keep the first choice
         checked = "none in budget"
     row = {"task": task.text, "budget": budget, "factory_s": factory_s, "factory_checks": checked,
-           "factory_acc": task_val_accuracy(chosen.network, val, task, factory.prep),
+           "factory_acc": task_val_accuracy(chosen.network, judge, task, factory.prep),
            "factory_pred": chosen.predicted_ms}  # fmt: skip
     paths = {"factory": exported(chosen.network, chosen.spec, work)}
-    row.update(optuna_row(factory, task, model, budget, train, val, args.search_factor * factory_s, work))
+    seconds = args.search_factor * factory_s
+    row.update(optuna_row(factory, task, model, budget, split, seconds, work))
     paths["optuna"] = row.pop("optuna_path")
-    task_train, task_val = apply_task(train, task), apply_task(val, task)
+    task_train, task_judge = apply_task(train, task), apply_task(judge, task)
     prep = normalization(task_train)
     base = simple_classifier(task_train.input_shape, len(task.groups))
     try:
@@ -161,14 +184,14 @@ def compare(factory, task, model, budget, split, scratch: TrainConfig, args, wor
     start, accuracies = time.perf_counter(), []
     for seed in range(args.scratch_seeds):
         trained = train_classifier(spec, task_train, prep, replace(scratch, seed=seed), use_cache=False)
-        accuracies.append(evaluate_accuracy(trained.model, task_val, prep))
+        accuracies.append(evaluate_accuracy(trained.model, task_judge, prep))
         if seed == 0:  # every seed has the same architecture, so the same latency: time the first
             paths["scratch"] = exported(trained.model, spec, work)
     row.update({"scratch_s": (time.perf_counter() - start) / args.scratch_seeds, "scratch_name": spec.name,
-                "scratch_fits": scratch_fits, "scratch_accs": accuracies,
+                "scratch_fits": scratch_fits, "scratch_accs": accuracies, "judged_on": len(task_judge),
                 "scratch_acc": statistics.mean(accuracies)})  # fmt: skip
     row.update(interleaved_ms(paths))
-    row.update(at_scratch_latency(factory, task, model, train, val, row, paths, work))
+    row.update(at_scratch_latency(factory, task, model, split, row, paths, work))
     return row
 
 
@@ -204,7 +227,7 @@ def paired_ratio(path_a: Path, path_b: Path, pairs: int = 3000) -> float:
     return math.sqrt(statistics.median(ratios[(0, 1)]) * statistics.median(ratios[(1, 0)]))
 
 
-def at_scratch_latency(factory, task, model, train, val, row: dict, paths: dict, work: Path) -> dict:
+def at_scratch_latency(factory, task, model, split, row: dict, paths: dict, work: Path) -> dict:
     """Dominance: the factory's pick against the scratch network, and the factory customised again at
     the scratch network's own latency, each timed in back-to-back pairs with it.
 
@@ -214,6 +237,7 @@ def at_scratch_latency(factory, task, model, train, val, row: dict, paths: dict,
     ``edgefab build`` does with its measured check. The conversion goes through predictions, so it
     is approximate: a budget below the factory's smallest sub-network is raised to it, and the
     paired timing decides whether that one is as fast as the scratch network."""
+    train, val, judge = split
     pick_ratio = paired_ratio(paths["factory"], paths["scratch"])
     budget = row["factory_pred"] / pick_ratio
     result = {"pick_ratio": pick_ratio, "dominance_budget": budget}
@@ -222,7 +246,7 @@ def at_scratch_latency(factory, task, model, train, val, row: dict, paths: dict,
         budget = max(budget, floor)
         chosen = customize(factory, task, model, budget, train, val, CustomizeOptions())
         ratio = paired_ratio(exported(chosen.network, chosen.spec, work), paths["scratch"])
-        result.update(dominance_acc=task_val_accuracy(chosen.network, val, task, factory.prep),
+        result.update(dominance_acc=task_val_accuracy(chosen.network, judge, task, factory.prep),
                       dominance_ms_ratio=ratio, dominance_floor=budget == floor)  # fmt: skip
         if ratio <= 1.0 or budget == floor:
             break
@@ -230,8 +254,9 @@ def at_scratch_latency(factory, task, model, train, val, row: dict, paths: dict,
     return result
 
 
-def optuna_row(factory, task, model, budget, train, val, seconds, work) -> dict:
+def optuna_row(factory, task, model, budget, split, seconds, work) -> dict:
     """Run optuna trials until ``seconds`` pass, then build its best like the factory does."""
+    train, val, judge = split
     storage = str(work / f"s{time.perf_counter_ns()}.journal")
     start, trials, best = time.perf_counter(), 0, None
     while time.perf_counter() - start < seconds:
@@ -247,7 +272,7 @@ def optuna_row(factory, task, model, budget, train, val, seconds, work) -> dict:
     options = CustomizeOptions(scored=1)
     pinned = customize(factory, task, model, budget, train, val, options, proposals=[selection])
     return {"optuna_s": elapsed, "optuna_trials": trials,
-            "optuna_acc": task_val_accuracy(pinned.network, val, task, factory.prep),
+            "optuna_acc": task_val_accuracy(pinned.network, judge, task, factory.prep),
             "optuna_path": exported(pinned.network, pinned.spec, work)}  # fmt: skip
 
 
@@ -302,6 +327,8 @@ def print_header(header: list[str]) -> None:
 
 def print_tables(rows, sampler_rows, smallest, largest) -> None:
     print(f"\nfactory space on host: smallest {smallest:.3f} ms, largest {largest:.3f} ms (predicted)\n")
+    judged = {r["task"]: r["judged_on"] for r in rows}
+    print("(b) images judged on: " + ", ".join(f"{task} {count}" for task, count in judged.items()) + "\n")
     header = ["task", "budget ms", "factory acc", "factory ms", "factory s (+checks)", "optuna acc",
               "optuna ms", "optuna s (trials)", "scratch acc", "scratch ms", "scratch s"]  # fmt: skip
     print_header(header)
