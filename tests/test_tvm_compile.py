@@ -21,6 +21,7 @@ from edgefab.export import graph
 from edgefab.export.tvm_compile import compile_onnx, resolve_tvm_target, unsupported_operators
 from edgefab.runtime.tvm_engine import TVMEngine
 from edgefab.targets import load_target
+from edgefab.targets.toolchain import linker
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 CASES = {
@@ -125,6 +126,13 @@ def test_pixel_links_so_without_glibc(pixel_artifacts):
     assert artifact.format == "shared-library" and "aarch64-linux-gnu-gcc" in artifact.note
     # Android's loader has no libc.so.6: the library must not ask for it.
     assert b"libc.so.6" not in artifact.path.read_bytes()
+
+
+def test_android_triples_link_without_glibc_gpu_targets_too():
+    # pixel-gpu's triple is its host's: its CPU side is linked for Android's loader as pixel's is
+    for name, android in (("pixel", True), ("pixel-gpu", True), ("rpi4", False)):
+        _, how = linker("aarch64-linux-gnu-gcc", resolve_tvm_target(load_target(name)))
+        assert ("-nostdlib" in how) == android, name
 
 
 def test_pixel_without_toolchain_writes_object_archive(prepared, tmp_path):

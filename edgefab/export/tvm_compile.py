@@ -7,8 +7,6 @@ TVM is imported inside functions so that importing edgefab stays fast.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from edgefab.export import graph, opencl, tuning
 from edgefab.export.layout import LayoutNotApplied, block_of, to_blocked_layout
 from edgefab.targets import Target
 from edgefab.targets.profiling import LayerBuild
+from edgefab.targets.toolchain import device_linker, find_cross_compiler, linker, resolve_tvm_target
 
 # Handled by the importer itself rather than its converter map.
 _BUILTIN_OPS = {"Constant", "If"}
@@ -37,18 +36,6 @@ class CompiledArtifact:
     runs_here: bool
     extra_files: dict[str, Path] = field(default_factory=dict)  # shipped beside the library
     details: dict[str, Any] = field(default_factory=dict)  # added to the manifest's engines.tvm
-
-
-def resolve_tvm_target(target: Target) -> dict[str, Any]:
-    """The target's ``tvm`` dict, with ``mcpu = "native"`` replaced by this machine's CPU and triple."""
-    from tvm.target import codegen
-
-    resolved = dict(target.tvm)
-    if resolved.get("mcpu") == "native":
-        # Record the real CPU (and LLVM's default triple) so a manifest says what the code is for.
-        resolved["mcpu"] = codegen.llvm_get_system_cpu()
-        resolved.setdefault("mtriple", codegen.llvm_get_system_triple())
-    return resolved
 
 
 def check_compilable(target: Target, tune: bool = False, over_rpc: bool = False) -> None:
@@ -194,32 +181,6 @@ def _import(model: onnx.ModelProto):
         ) from None
 
 
-def find_cross_compiler(target: Target) -> str | None:
-    """The first of ``target.cross_compilers`` present here (``$VAR`` names an environment variable)."""
-    for entry in target.cross_compilers:
-        if entry.startswith("$"):
-            value = os.environ.get(entry[1:], "")
-            if value and shutil.which(value):
-                return entry
-        elif shutil.which(entry):
-            return entry
-    return None
-
-
-def device_linker(target: Target) -> Callable | None:
-    """``export_library``'s linker for code that runs on the target (None: this machine's compiler)."""
-    if target.runs_here:
-        return None
-    compiler = find_cross_compiler(target)
-    if compiler is None:
-        tried = ", ".join(target.cross_compilers) or "none"
-        raise EdgefabError(
-            f"target {target.name}: measuring on the device needs code linked for it, and no cross "
-            f"compiler was found (tried: {tried}); install one or set the variable it names"
-        )
-    return _linker(compiler, resolve_tvm_target(target))[0]
-
-
 def _export_cross(executable, target: Target, tvm_target: dict, out_dir: Path, name: str) -> CompiledArtifact:
     """Link a shared library with a cross compiler if one is installed, else write the object archive."""
     compiler = find_cross_compiler(target)
@@ -235,25 +196,9 @@ def _export_cross(executable, target: Target, tvm_target: dict, out_dir: Path, n
         )
         return CompiledArtifact(path, "object-archive", tvm_target, note, False)
     path = out_dir / f"{name}.so"
-    fcompile, how = _linker(compiler, tvm_target)
+    fcompile, how = linker(compiler, tvm_target)
     try:
         executable.export_library(str(path), fcompile=fcompile)
     except RuntimeError as exc:
         raise EdgefabError(f"linking with {compiler} failed: {str(exc).strip().splitlines()[-1]}") from None
     return CompiledArtifact(path, "shared-library", tvm_target, how, False)
-
-
-def _linker(compiler: str, tvm_target: dict):
-    """The export_library ``fcompile`` for a cross compiler entry, and a note on how it links."""
-    from tvm.support import cc, ndk
-
-    if compiler == "$TVM_NDK_CC":
-        return ndk.create_shared, f"linked with the Android NDK ($TVM_NDK_CC={os.environ['TVM_NDK_CC']})"
-    executable = os.environ[compiler[1:]] if compiler.startswith("$") else compiler
-    if "android" in str(tvm_target.get("mtriple", "")) and "android" not in executable:
-        # A GNU/Linux toolchain would record glibc (NEEDED libc.so.6, memcpy@GLIBC_2.17) that
-        # Android's bionic loader cannot satisfy; without its libc the few libc/libm symbols stay
-        # undefined and resolve in the process at load time, like the TVM runtime symbols do.
-        fcompile = cc.cross_compiler(executable, options=["-nostdlib"])
-        return fcompile, f"linked with {executable} -nostdlib (no glibc dependency, for Android's loader)"
-    return cc.cross_compiler(executable), f"linked with {executable}"

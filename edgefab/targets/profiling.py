@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -40,6 +39,7 @@ from edgefab.targets.measured import (
     table_path,
 )
 from edgefab.targets.model import DEFAULT_CANDIDATES
+from edgefab.targets.toolchain import device_linker, resolve_tvm_target
 
 
 class Progress(Protocol):
@@ -131,37 +131,17 @@ class TvmMeasurer:
 def default_build(target: Target) -> LayerBuild:
     """TVM's own build of a layer graph for ``target`` (no layout change, no tuning database)."""
     import tvm
-    from tvm.target import codegen
 
-    tvm_target = dict(target.tvm)
-    if tvm_target.get("mcpu") == "native":
-        tvm_target["mcpu"] = codegen.llvm_get_system_cpu()
-    compiled_for, export_args = tvm.target.Target(tvm_target), _export_args(target)
+    compiled_for, fcompile = tvm.target.Target(resolve_tvm_target(target)), device_linker(target)
 
     def compile_layers(model: Any, folder: Path, name: str) -> Path:
         from tvm.relax.frontend.onnx import from_onnx
 
         path = folder / f"{name}.so"
-        tvm.compile(from_onnx(model), compiled_for).export_library(str(path), **export_args)
+        tvm.compile(from_onnx(model), compiled_for).export_library(str(path), fcompile=fcompile)
         return path
 
     return LayerBuild(compile_layers, TVM_DEFAULT_BUILD)
-
-
-def _export_args(target: Target) -> dict[str, Any]:
-    """``export_library`` arguments: the host compiler here, else the target's cross compiler."""
-    if target.runs_here or "mtriple" not in target.tvm:
-        return {}
-    from tvm.support import cc, ndk
-
-    for entry in target.cross_compilers:
-        if entry == "$TVM_NDK_CC" and os.environ.get("TVM_NDK_CC"):
-            return {"fcompile": ndk.create_shared}
-        name = os.environ.get(entry[1:], "") if entry.startswith("$") else entry
-        if name and shutil.which(name):
-            return {"fcompile": cc.cross_compiler(name)}
-    raise EdgefabError(f"target {target.name}: no cross compiler found to link layers for the device "
-                       f"(tried: {', '.join(target.cross_compilers) or 'none'})")  # fmt: skip
 
 
 def profile(
