@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgefab.data import load_dataset, train_val_split
+from edgefab.data import load_dataset, normalization, train_val_split
 from edgefab.data.tasks import Task, apply_task, parse_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import Assembler, AssemblerConfig, relative_budget, train_assembler
@@ -382,6 +382,24 @@ def test_torchrun_with_more_processes_than_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", str(gpus - 1))
     assert training_device("auto") == torch.device(f"cuda:{gpus - 1}")
     assert training_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_supernet_training_on_a_gpu_is_reproducible_from_its_seed(digits):
+    """Two trainings from one seed end with the same weights (without deterministic kernels they did
+    not on an H200), and torch's global setting is as it was after."""
+    from edgefab.factory.supertrain import SupernetTrainConfig, train_supernet
+
+    train = digits[0].subset(list(range(512)))
+    prep, config, cuda = normalization(train), SupernetTrainConfig(epochs=2, seed=0), torch.device("cuda")
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        supernet = ModularSupernet(SPACE, 10)
+        train_supernet(supernet, train, prep, config, device=cuda)
+        weights.append(supernet.state_dict())
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import distributed as dist
 
 from edgefab.data import Dataset, to_float
-from edgefab.devices import resolve_device
+from edgefab.devices import deterministic_kernels, resolve_device
 from edgefab.errors import EdgefabError
 from edgefab.factory.supernet import ModularSupernet
 
@@ -89,8 +89,13 @@ def train_supernet(
 ) -> float:
     """Train ``supernet`` in place with the sandwich rule on ``device`` (default the CPU); it is back
     on the CPU afterwards. Returns the wall-clock seconds."""
-    start = time.perf_counter()
     device = device or torch.device("cpu")
+    with deterministic_kernels(device):
+        return _train_supernet(supernet, train, prep, config, progress, device)
+
+
+def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress, device) -> float:
+    start = time.perf_counter()
     torch.manual_seed(config.seed)
     rank, size = world()
     supernet.to(device)
