@@ -17,6 +17,7 @@
     python benchmarks/factory.py [--factory PATH] [--tasks N] [--budgets N] [--search-factor 10]
                                  [--scratch-like-supernet] [--samplers-only | --skip-samplers]
                                  [--sampler-seeds 5] [--rank latency|probability] [--scratch-seeds 1]
+                                 [--judge-on held-out|all]
 
 (b)'s accuracies are on the task's validation images that no method selected on (``--judge-on all``:
 the whole validation split, as runs before 2026-11-27 (night) were judged); latencies: the three
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--samplers-only", action="store_true", help="run (c) alone, in minutes")
     parser.add_argument("--skip-samplers", action="store_true", help="run (a) and (b) without (c)")
     args = parser.parse_args()
+    if args.scratch_seeds < 1:
+        parser.error(f"--scratch-seeds {args.scratch_seeds}: train each scratch member at least once")
     factory = load_factory(args.factory)
     data = load_dataset("mnist")
     train, val = train_val_split(data)
@@ -287,11 +290,10 @@ def samplers(factory, task, model, budget, train, val, seeds: int, rank: str) ->
     Also the pick's predicted latency: how much of the budget the sampler puts to use.
     """
     out = {"task": task.text, "budget": budget, "seeds": seeds, "rank": rank}
-    seen = pool_images(len(val), factory.meta["training"]["seed"], factory.meta["pool"]["scored_on"])
-    unseen = np.setdiff1d(np.arange(len(val)), seen)
-    task_train, scoring = restrict(train, task), restrict(val.subset(seen), task)
+    _, seen, unseen = judging_split(factory, train, val, "held-out")
+    task_train, scoring = restrict(train, task), restrict(seen, task)
     scoring = scoring.subset(list(range(min(500, len(scoring)))))
-    held_out = restrict(val.subset(unseen), task)
+    held_out = restrict(unseen, task)
     out["held_out_images"] = len(held_out)
     for sampler in ("assembler", "random"):
         best, judged, used = [], [], []
@@ -328,7 +330,8 @@ def print_header(header: list[str]) -> None:
 def print_tables(rows, sampler_rows, smallest, largest) -> None:
     print(f"\nfactory space on host: smallest {smallest:.3f} ms, largest {largest:.3f} ms (predicted)\n")
     judged = {r["task"]: r["judged_on"] for r in rows}
-    print("(b) images judged on: " + ", ".join(f"{task} {count}" for task, count in judged.items()) + "\n")
+    if judged:
+        print("(b) images judged on: " + ", ".join(f"{t} {count}" for t, count in judged.items()) + "\n")
     header = ["task", "budget ms", "factory acc", "factory ms", "factory s (+checks)", "optuna acc",
               "optuna ms", "optuna s (trials)", "scratch acc", "scratch ms", "scratch s"]  # fmt: skip
     print_header(header)
