@@ -54,7 +54,8 @@ def deterministic_kernels(device: torch.device) -> Iterator[None]:
 
     Why: on an NVIDIA H200 two 3-epoch factory trainings from one seed ended with different weights
     (pool medians 96.65 % and 96.15 %), and identical ones with these kernels, at about 10 % more
-    training time (BENCHMARKS.md, "The supernet on a GPU"). cuBLAS reads its workspace setting when
+    training time (BENCHMARKS.md, "The supernet on a GPU"); so did SlimFlow's teacher and student at
+    the default widths (BENCHMARKS.md, SlimFlow, "Training on a GPU"). cuBLAS reads its workspace setting when
     its first handle is made, so the variable is set before any CUDA work of the block."""
     if device.type != "cuda":
         yield

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from edgefab.devices import resolve_device
+from edgefab.devices import deterministic_kernels, resolve_device
 from edgefab.errors import EdgefabError
 from edgefab.flow.checkpoint import (
     SLIMFLOW,
@@ -94,7 +94,11 @@ def slim(options: SlimOptions, progress: Any) -> tuple[Path, dict[str, Any]]:
         )
     seconds: dict[str, float] = {}
     data = load_flow_data(teacher_ckpt.meta["data"]["spec"])
-    with torch_threads(options.threads), tempfile.TemporaryDirectory(prefix="edgefab-slim-") as work:
+    with (
+        torch_threads(options.threads),
+        deterministic_kernels(device),
+        tempfile.TemporaryDirectory(prefix="edgefab-slim-") as work,
+    ):
         distance, perceptual = _distance(data, options, device, progress)  # data without classes fails first
         progress.stage(f"reflow pairs: {options.pairs} teacher samples ({options.solver})")
         start = time.perf_counter()

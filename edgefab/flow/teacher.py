@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from edgefab.devices import resolve_device
+from edgefab.devices import deterministic_kernels, resolve_device
 from edgefab.flow.checkpoint import TEACHER, check_checkpoint_folder, save_checkpoint
 from edgefab.flow.data import batches, load_flow_data
 from edgefab.flow.evaluate import real_grid, save_grid
@@ -43,7 +43,7 @@ def train_teacher(options: TeacherOptions, progress: Any) -> tuple[Path, dict[st
     device = resolve_device(options.device)
     torch.manual_seed(options.optim.seed)
     model = VelocityUNet(config).to(device)  # initialised on the CPU: the same weights on any device
-    with torch_threads(options.threads):
+    with torch_threads(options.threads), deterministic_kernels(device):
         progress.stage(f"training the teacher ({options.optim.steps} steps, {device})")
         start = time.perf_counter()
 
