@@ -1,0 +1,131 @@
+"""The tables `benchmarks/factory.py` prints, and the paired bootstrap its dominance verdicts use.
+
+Why a bootstrap: on the digits, the judging images are a few hundred (597 for all ten digits, 250
+for a four-digit subset), so one image is 0.17-0.40 point, and the factory and the scratch family
+differ by about that much. Each model is judged on the same images, so their difference is paired:
+resampling the images (and the scratch network's training seeds) with replacement gives the spread
+of the difference that another draw of images and seeds would show.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BOOTSTRAP_DRAWS = 4000
+
+
+def paired_interval(
+    ours: np.ndarray, theirs: list[np.ndarray], draws: int = BOOTSTRAP_DRAWS, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(difference, low, high): ``ours``' accuracy minus the mean accuracy of ``theirs`` (one 0/1
+    vector per training seed, all over the same images), and its ``level`` bootstrap interval; each
+    draw resamples the images, the same ones for both sides, and the seeds."""
+    mine, others = np.asarray(ours, float), np.stack(theirs).astype(float)
+    rng = np.random.default_rng(0)
+    differences = np.empty(draws)
+    for draw in range(draws):
+        images = rng.integers(0, mine.size, mine.size)
+        seeds = rng.integers(0, len(others), len(others))
+        differences[draw] = mine[images].mean() - others[np.ix_(seeds, images)].mean()
+    low, high = np.quantile(differences, [(1 - level) / 2, (1 + level) / 2])
+    return float(mine.mean() - others.mean()), float(low), float(high)
+
+
+def accuracy_verdict(low: float, high: float) -> str:
+    """The accuracy verdict: "ahead" or "behind" where the interval excludes zero, else "within noise"."""
+    return "ahead" if low > 0 else "behind" if high < 0 else "within noise"
+
+
+def without_arrays(row: dict) -> dict:
+    """``row`` without its per-image arrays, to print as progress."""
+    return {key: value for key, value in row.items() if not key.endswith("_hits")}
+
+
+def print_row(cells: list[str]) -> None:
+    """One markdown table row."""
+    print("| " + " | ".join(cells) + " |")
+
+
+def print_header(header: list[str]) -> None:
+    """A markdown table's header and separator rows."""
+    print_row(header)
+    print("|---" * len(header) + "|")
+
+
+def print_tables(rows, sampler_rows, smallest, largest) -> None:
+    print(f"\nfactory space on host: smallest {smallest:.3f} ms, largest {largest:.3f} ms (predicted)\n")
+    judged = {r["task"]: r["judged_on"] for r in rows}
+    if judged:
+        print("(b) images judged on: " + ", ".join(f"{t} {count}" for t, count in judged.items()) + "\n")
+    header = ["task", "budget ms", "factory acc", "factory ms", "factory s (+checks)", "optuna acc",
+              "optuna ms", "optuna s (trials)", "scratch acc", "scratch ms", "scratch s"]  # fmt: skip
+    print_header(header)
+    for r in rows:
+        optuna_acc = f"{100 * r['optuna_acc']:.2f} %" if r["optuna_acc"] is not None else "none in budget"
+        optuna_ms = f"{r['optuna_ms']:.3f}" if r["optuna_ms"] is not None else "-"
+        cells = [
+            r["task"], f"{r['budget']:.3f}", f"{100 * r['factory_acc']:.2f} %", f"{r['factory_ms']:.3f}",
+            f"{r['factory_s']:.1f} (+{r['factory_checks']})", optuna_acc, optuna_ms,
+            f"{r['optuna_s']:.0f} ({r['optuna_trials']})",
+            f"{100 * r['scratch_acc']:.2f} %",
+            f"{r['scratch_ms']:.3f}" + ("" if r["scratch_fits"] else " (none fit)"),
+            f"{r['scratch_s']:.0f}",
+        ]  # fmt: skip
+        print_row(cells)
+    if rows:
+        print_dominance(rows)
+    if not sampler_rows:
+        return
+    seeds, rank = sampler_rows[0]["seeds"], sampler_rows[0]["rank"]
+    print(f"\n(c) mean over {seeds} seeds, candidates ranked by {rank}; the pick judged on validation "
+          "images that neither the scoring nor the factory's pool saw")  # fmt: skip
+    header = ["task", "budget ms", "held-out images", "assembler: best score", "uniform: best score",
+              "assembler: pick held out", "uniform: pick held out", "assembler: budget used",
+              "uniform: budget used"]  # fmt: skip
+    print_header(header)
+    for r in sampler_rows:
+        cells = [r["task"], f"{r['budget']:.3f}", str(r["held_out_images"])]
+        cells += [
+            f"{100 * r[key]:.2f} %"
+            for key in ("assembler", "random", "assembler_held_out", "random_held_out")
+        ]
+        cells += [f"{100 * r[key]:.0f} %" for key in ("assembler_budget_used", "random_budget_used")]
+        print_row(cells)
+
+
+def print_dominance(rows) -> None:
+    """The factory at each scratch network's own latency: does it match it in speed and beat it?
+
+    With several scratch seeds the verdict is against their mean (the family's expected accuracy);
+    the verdict against seed 0 alone, as a one-seed run gives it, is printed beside it. The last two
+    columns say whether the accuracy difference stands out of the noise of the judging images and
+    the scratch seeds (:func:`paired_interval`)."""
+    print("\n(b) dominance: the factory's pick, and the factory customised again at the scratch network's "
+          "latency, each against the scratch network (ms ratio: factory / scratch, median of 3,000 "
+          "back-to-back pairs of calls)")  # fmt: skip
+    header = ["task", "budget ms", "scratch acc", "pick acc", "pick / scratch ms",
+              "scratch's latency as a budget", "factory acc there", "there / scratch ms",
+              "factory at scratch's latency dominates"]  # fmt: skip
+    seeds = len(rows[0]["scratch_accs"])
+    if seeds > 1:
+        header[2] = f"scratch acc: mean of {seeds} seeds (lowest-highest)"
+        header += ["against seed 0 alone", "seeds the factory's accuracy matches"]
+    header += ["factory - scratch acc, points (95 % interval)", "accuracy"]
+    print_header(header)
+    for r in rows:
+        acc, ratio, accuracies = r["dominance_acc"], r["dominance_ms_ratio"], r["scratch_accs"]
+        verdict = "yes" if acc >= r["scratch_acc"] and ratio <= 1.0 else "no"
+        smallest = " (the smallest)" if r["dominance_floor"] else ""
+        scratch = f"{100 * r['scratch_acc']:.2f} %"
+        if seeds > 1:
+            scratch += f" ({100 * min(accuracies):.2f}-{100 * max(accuracies):.2f})"
+        cells = [r["task"], f"{r['budget']:.3f}", scratch,
+                 f"{100 * r['factory_acc']:.2f} %", f"{r['pick_ratio']:.2f}", f"{r['dominance_budget']:.3f}",
+                 f"{100 * acc:.2f} %", f"{ratio:.2f}{smallest}", verdict]  # fmt: skip
+        if seeds > 1:
+            alone = "yes" if acc >= accuracies[0] and ratio <= 1.0 else "no"
+            cells += [alone, f"{sum(acc >= a for a in accuracies)} of {seeds}"]
+        difference, low, high = paired_interval(r["dominance_hits"], r["scratch_hits"])
+        interval = f"{100 * difference:+.2f} ({100 * low:+.2f} to {100 * high:+.2f})"
+        cells += [interval, accuracy_verdict(low, high)]
+        print_row(cells)
