@@ -19,10 +19,11 @@
     python benchmarks/factory.py [--factory PATH] [--tasks N] [--budgets N] [--search-factor 10]
                                  [--scratch-like-supernet] [--samplers-only | --skip-samplers]
                                  [--sampler-seeds 5] [--rank latency|probability] [--scratch-seeds 1]
-                                 [--judge-on held-out|all]
+                                 [--judge-on held-out|all] [--judge-extra extra_digits.npz]
 
 (b)'s accuracies are on the task's validation images that no method selected on (``--judge-on all``:
-the whole validation split, as runs before 2026-11-27 (night) were judged); latencies: the three
+the whole validation split, as runs before 2026-11-27 (night) were judged), and with ``--judge-extra``
+also on digits the embedded set left out (``benchmarks/extra_digits.py``); latencies: the three
 choices of a cell timed in 5 interleaved rounds of 40 ONNX Runtime runs here, median of the rounds.
 Prints a markdown table per part; run it on a quiet machine.
 """
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from factory_report import print_tables, without_arrays
 
-from edgefab.data import load_dataset, normalization, to_float, train_val_split
+from edgefab.data import Dataset, load_dataset, normalization, to_float, train_val_split
 from edgefab.data.tasks import apply_task, parse_task
 from edgefab.errors import EdgefabError
 from edgefab.export.onnx_export import INPUT_NAME, export_onnx
@@ -116,6 +117,10 @@ def main() -> None:
         default="held-out",
         help="(b)'s judging images: those no method selected on (default), or the whole validation split",
     )
+    parser.add_argument(
+        "--judge-extra",
+        help="a .npz of images no method saw (benchmarks/extra_digits.py), added to (b)'s judging images",
+    )
     parser.add_argument("--rank", default=CustomizeOptions.rank, help="(c)'s ranking: latency or probability")
     parser.add_argument("--samplers-only", action="store_true", help="run (c) alone, in minutes")
     parser.add_argument("--skip-samplers", action="store_true", help="run (a) and (b) without (c)")
@@ -134,6 +139,8 @@ def main() -> None:
     if args.scratch_like_supernet:
         scratch = TrainConfig(epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"])
     rows, sampler_rows, split = [], [], judging_split(factory, train, val, args.judge_on)
+    if args.judge_extra:
+        split = (*split[:2], with_extra(split[2], load_dataset(args.judge_extra), parser))
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         for text in TASKS[: args.tasks]:
@@ -164,6 +171,16 @@ def judging_split(factory, train, val, judge_on: str) -> tuple:
         return train, val, val
     seen = pool_images(len(val), factory.meta["training"]["seed"], factory.meta["pool"]["scored_on"])
     return train, val.subset(seen), val.subset(np.setdiff1d(np.arange(len(val)), seen))
+
+
+def with_extra(judge: Dataset, extra: Dataset, parser: argparse.ArgumentParser) -> Dataset:
+    """``judge`` with ``extra``'s images appended (the same classes and image shape, or a usage error)."""
+    if extra.classes != judge.classes or extra.input_shape != judge.input_shape:
+        parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
+                     f"{extra.input_shape}, the data {judge.classes} and {judge.input_shape}")  # fmt: skip
+    images = np.concatenate([judge.images, extra.images])
+    labels = np.concatenate([judge.labels, extra.labels])
+    return Dataset(f"{judge.name}+{extra.name}", images, labels, judge.classes)
 
 
 def compare(factory, task, model, budget, split, scratch: TrainConfig, args, work) -> dict:
