@@ -127,6 +127,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.scratch_seeds < 1:
         parser.error(f"--scratch-seeds {args.scratch_seeds}: train each scratch member at least once")
+    extra = None
+    if args.judge_extra:  # a bad file fails before any work
+        try:
+            extra = load_dataset(args.judge_extra)
+        except EdgefabError as exc:
+            parser.error(f"--judge-extra: {exc}")
     factory = load_factory(args.factory)
     data = load_dataset("mnist")
     train, val = train_val_split(data)
@@ -139,8 +145,8 @@ def main() -> None:
     if args.scratch_like_supernet:
         scratch = TrainConfig(epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"])
     rows, sampler_rows, split = [], [], judging_split(factory, train, val, args.judge_on)
-    if args.judge_extra:
-        split = (*split[:2], with_extra(split[2], load_dataset(args.judge_extra), parser))
+    if extra is not None:
+        split = (*split[:2], with_extra(split[2], extra, parser))
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         for text in TASKS[: args.tasks]:
