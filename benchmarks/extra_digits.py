@@ -58,7 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     images, labels = package_digits(args.package)
     extra = left_out(images, labels)
-    np.savez_compressed(args.out, images=images[extra], labels=labels[extra])
+    partial = args.out.with_name(args.out.name + ".partial.npz")
+    np.savez_compressed(partial, images=images[extra], labels=labels[extra])
+    partial.replace(args.out)  # nothing half-written at args.out
     counts = np.bincount(labels[extra], minlength=10)
     print(f"{args.out}: {len(extra)} digits not in the embedded set (per class {counts.tolist()})")
 

@@ -127,14 +127,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.scratch_seeds < 1:
         parser.error(f"--scratch-seeds {args.scratch_seeds}: train each scratch member at least once")
+    data = load_dataset("mnist")
     extra = None
     if args.judge_extra:  # a bad file fails before any work
         try:
             extra = load_dataset(args.judge_extra)
         except EdgefabError as exc:
             parser.error(f"--judge-extra: {exc}")
+        if extra.classes != data.classes or extra.input_shape != data.input_shape:
+            parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
+                         f"{extra.input_shape}; the digits: {data.classes}, {data.input_shape}")  # fmt: skip
     factory = load_factory(args.factory)
-    data = load_dataset("mnist")
     train, val = train_val_split(data)
     target = load_target("host")
     model = factory_latency_model(target, factory, SilentProgress())
@@ -146,7 +149,7 @@ def main() -> None:
         scratch = TrainConfig(epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"])
     rows, sampler_rows, split = [], [], judging_split(factory, train, val, args.judge_on)
     if extra is not None:
-        split = (*split[:2], with_extra(split[2], extra, parser))
+        split = (*split[:2], with_extra(split[2], extra))
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         for text in TASKS[: args.tasks]:
@@ -179,11 +182,8 @@ def judging_split(factory, train, val, judge_on: str) -> tuple:
     return train, val.subset(seen), val.subset(np.setdiff1d(np.arange(len(val)), seen))
 
 
-def with_extra(judge: Dataset, extra: Dataset, parser: argparse.ArgumentParser) -> Dataset:
-    """``judge`` with ``extra``'s images appended (the same classes and image shape, or a usage error)."""
-    if extra.classes != judge.classes or extra.input_shape != judge.input_shape:
-        parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
-                     f"{extra.input_shape}, the data {judge.classes} and {judge.input_shape}")  # fmt: skip
+def with_extra(judge: Dataset, extra: Dataset) -> Dataset:
+    """``judge`` with ``extra``'s images appended (checked in :func:`main`: the same classes and shape)."""
     images = np.concatenate([judge.images, extra.images])
     labels = np.concatenate([judge.labels, extra.labels])
     return Dataset(f"{judge.name}+{extra.name}", images, labels, judge.classes)

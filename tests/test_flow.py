@@ -320,7 +320,7 @@ def test_flow_training_on_a_gpu_is_reproducible_from_its_seed(tmp_path):
         options = TeacherOptions("mnist", out, optim=OptimOptions(steps=150), grid_steps=2, device="cuda")
         return load_checkpoint(train_teacher(options, SilentProgress())[0], "rectified-flow", "test").models
 
-    def student(out: Path) -> dict:
+    def student(out: Path) -> dict:  # from the first teacher the loop below trains
         anneal = AnnealOptions(OptimOptions(steps=60), anneal_steps=30)
         distill = DistillOptions(OptimOptions(steps=40, lr=1e-4))
         options = SlimOptions(tmp_path / "teacher1", out, pairs=256, solver="euler:4", anneal=anneal,
