@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from factory_report import print_tables, without_arrays
 
-from edgefab.data import Dataset, load_dataset, normalization, to_float, train_val_split
+from edgefab.data import Dataset, load_dataset, normalization, to_float
 from edgefab.data.tasks import apply_task, parse_task
 from edgefab.errors import EdgefabError
 from edgefab.export.onnx_export import INPUT_NAME, export_onnx
@@ -53,7 +53,7 @@ from edgefab.factory.store import SHIPPED, load_factory
 from edgefab.factory.train import TrainConfig, train_classifier
 from edgefab.pipeline.build import choose_architecture
 from edgefab.pipeline.common import SilentProgress
-from edgefab.pipeline.factory_build import factory_latency_model, meet_measured_budget
+from edgefab.pipeline.factory_build import factory_latency_model, factory_split, meet_measured_budget
 from edgefab.pipeline.factory_train import pool_images
 from edgefab.search.optuna_search import OptunaOptions, best_within_budget, search
 from edgefab.targets import load_target
@@ -138,7 +138,7 @@ def main() -> None:
             parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
                          f"{extra.input_shape}; the digits: {data.classes}, {data.input_shape}")  # fmt: skip
     factory = load_factory(args.factory)
-    train, val = train_val_split(data)
+    train, val = factory_split(factory, data)  # the factory's own: its pool's images are in val
     target = load_target("host")
     model = factory_latency_model(target, factory, SilentProgress())
     smallest, largest = latency_range(factory, model)

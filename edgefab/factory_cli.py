@@ -83,7 +83,11 @@ def train(
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
-    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation, sampling.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, sampling (and the split).")] = 0,
+    split_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the train/validation split (default: --seed): retrain on one split."),
+    ] = None,
     device: Annotated[
         str,
         typer.Option(
@@ -98,7 +102,8 @@ def train(
 
     job = FactoryJob(
         data=data, out=out, space=space, epochs=epochs, pool=pool, pool_samples=pool_samples,
-        assembler_targets=_names(assembler_targets), seed=seed, device=device,
+        assembler_targets=_names(assembler_targets), seed=seed, split_seed=split_seed,
+        device=device,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, meta = train_factory(job, progress)

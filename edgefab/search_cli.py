@@ -80,7 +80,7 @@ def optuna_search(
     ] = "mnist",
     task: Annotated[str | None, typer.Option(help="classes=A,B,... or groups=NAME:A,B/NAME:C,D.")] = None,
     factory: Annotated[str | None, typer.Option(help="Factory folder (default: the shipped one).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the sampler.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler (the split is the factory's own).")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/optuna"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

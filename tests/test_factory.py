@@ -428,3 +428,25 @@ def test_factory_training_is_reproducible_from_its_seed(tiny_factory, tmp_path):
     again = json.loads((path / "factory.json").read_text())
     assert again["files"] == first["files"]  # the same bytes: supernet and assembler
     assert again["pool"]["accuracy_median"] == first["pool"]["accuracy_median"]
+
+
+def test_split_seed_keeps_the_split_and_build_and_search_customise_on_it(tiny_factory, tmp_path):
+    from edgefab.pipeline.factory_build import factory_split
+    from edgefab.pipeline.factory_train import FactoryJob, train_factory
+
+    job = FactoryJob(
+        out=tmp_path / "seed1", epochs=1, pool=8, pool_samples=100, assembler_steps=20, train_samples=256,
+        seed=1, split_seed=0,
+    )  # fmt: skip
+    path, meta = train_factory(job)
+    first = json.loads((tiny_factory[0] / "factory.json").read_text())
+    assert meta["data"]["split_seed"] == 0 and meta["training"]["seed"] == 1
+    again = json.loads((path / "factory.json").read_text())
+    assert again["files"] != first["files"]  # another initialisation, the same split
+    data = load_dataset("mnist")
+    # build and the optuna search take the factory's split, not their own --seed: with another
+    # split, candidates would be scored on images the supernet was trained on
+    _, val = factory_split(load_factory(path), data)
+    _, other = train_val_split(data, seed=1)
+    assert np.array_equal(val.images, train_val_split(data, seed=0)[1].images)
+    assert not np.array_equal(val.images, other.images)

@@ -39,7 +39,12 @@ from edgefab.pipeline.common import (
     recommend_engine,
     work_folder,
 )
-from edgefab.pipeline.factory_build import ChosenModel, customize_for_build, resolve_factory
+from edgefab.pipeline.factory_build import (
+    ChosenModel,
+    customize_for_build,
+    factory_split,
+    resolve_factory,
+)
 from edgefab.pipeline.quantize import (
     QuantizeRequest,
     classifier_calibration,
@@ -159,11 +164,12 @@ def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path
     progress.stage(f"loading data {options.data}")
     data = load_dataset(options.data)
     task = parse_task(options.task, data.classes)
-    train, val = train_val_split(data, seed=options.seed)
     name = f"{data.name.split(':')[-1]}-{target.name}{snn_package_suffix(options)}"
     out_dir = Path(options.out) / name
     check_output_folder(out_dir)
     factory, why = resolve_factory(options.factory, data)
+    # a factory's own split: its validation images are ones its supernet never trained on
+    train, val = factory_split(factory, data) if factory else train_val_split(data, seed=options.seed)
     with work_folder() as work:
         if factory is not None:
             customize_options = CustomizeOptions(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edgefab.arch import ArchSpec
-from edgefab.data import Dataset
+from edgefab.data import Dataset, train_val_split
 from edgefab.data.tasks import Task, apply_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.customize import CustomizeOptions, customize, latency_range
@@ -55,6 +55,14 @@ def resolve_factory(option: str | None, data: Dataset) -> tuple[Factory | None, 
         raise EdgefabError(f"factory {option} does not fit this data: {mismatch}; train one for it with "
                            f"edgefab factory train --data {data.name} --out FOLDER")  # fmt: skip
     return factory, str(option)
+
+
+def factory_split(factory: Factory, data: Dataset) -> tuple[Dataset, Dataset]:
+    """(train, validation) of ``data`` as ``factory`` split it (its own split seed), whatever seed the
+    caller was given: customisation scores candidates on the validation images, and with another
+    split some of them would be images the supernet was trained on (its picks would read higher than
+    they are)."""
+    return train_val_split(data, seed=int(factory.meta["data"].get("split_seed", 0)))
 
 
 def _mismatch(factory: Factory, data: Dataset) -> str | None:

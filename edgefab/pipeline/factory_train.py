@@ -60,7 +60,8 @@ class FactoryJob:
     pool_samples: int = 1000  # validation images each pool member is scored on (of 1597 for digits)
     assembler_targets: tuple[str, ...] = ASSEMBLER_TARGETS  # latency models whose budgets it learns
     assembler_steps: int = 1500
-    seed: int = 0
+    seed: int = 0  # of the initialisation, batches, sampled sub-networks, pool, assembler
+    split_seed: int | None = None  # of the train/validation split; None: ``seed``
     train_samples: int | None = None  # a subset, for quick runs and tests
     device: str = "auto"  # where the supernet trains (auto, cpu, cuda, cuda:N); the rest runs on the CPU
 
@@ -81,9 +82,10 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
     if tuple(fspace.space.input_shape) != data.input_shape:
         raise EdgefabError(f"space {fspace.name} takes {fspace.space.input_shape} images, the data has "
                            f"{data.input_shape}; choose another --space")  # fmt: skip
-    train, val = train_val_split(data, seed=job.seed)
+    split_seed = job.seed if job.split_seed is None else job.split_seed
+    train, val = train_val_split(data, seed=split_seed)
     if job.train_samples:
-        train = train.subset(np.random.default_rng(job.seed).permutation(len(train))[: job.train_samples])
+        train = train.subset(np.random.default_rng(split_seed).permutation(len(train))[: job.train_samples])
     prep = normalization(train)
     config = SupernetTrainConfig(epochs=job.epochs, random_subnets=job.random_subnets, seed=job.seed)
     torch.manual_seed(job.seed)
@@ -110,7 +112,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
             "input_shape": list(data.input_shape),
             "fingerprint": dataset_fingerprint(data),
             "train_samples": len(train),
-            "split_seed": job.seed,
+            "split_seed": split_seed,
         },  # fmt: skip
         "preprocessing": prep,
         "training": {

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefab.data import load_dataset, train_val_split
+from edgefab.data import load_dataset
 from edgefab.data.tasks import parse_task
 from edgefab.errors import EdgefabError
 from edgefab.factory.customize import latency_range
 from edgefab.pipeline.common import Progress, SilentProgress
-from edgefab.pipeline.factory_build import factory_latency_model, resolve_factory
+from edgefab.pipeline.factory_build import factory_latency_model, factory_split, resolve_factory
 from edgefab.runtime.package import staged_folder
 from edgefab.search.optuna_search import OptunaOptions, best_within_budget, pareto_front, plot_front, search
 from edgefab.targets import load_target
@@ -53,11 +53,11 @@ def run_optuna(job: OptunaJob, progress: Progress | None = None) -> tuple[Path, 
     progress.stage(f"loading data {job.data}")
     data = load_dataset(job.data)
     task = parse_task(job.task, data.classes)
-    train, val = train_val_split(data, seed=job.seed)
     factory, why = resolve_factory(job.factory, data)
     if factory is None:
         raise EdgefabError(f"the optuna search runs over a factory's space and none fits ({why}); "
                            f"train one: edgefab factory train --data {job.data} --out FOLDER")  # fmt: skip
+    train, val = factory_split(factory, data)
     model = factory_latency_model(target, factory, progress)
     smallest, _ = latency_range(factory, model)
     if job.budget_ms is not None and job.budget_ms < smallest:
