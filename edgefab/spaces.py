@@ -130,6 +130,21 @@ SPACES: dict[str, SearchSpace] = {
         head_channels=256,
         description="small space for 28x28 grey images (the embedded digits)",
     ),
+    # The from-scratch MobileNetV2 family's shape at 28x28 (two stride-2 stages, nothing at 4x4
+    # after them), up to its w1.5 widths: at the same measured latency digits-28's third stage left
+    # only narrow sub-networks (BENCHMARKS.md, issue 5, "A wider two-stage space").
+    "digits-28-wide": SearchSpace(
+        name="digits-28-wide",
+        input_shape=(1, 28, 28),
+        stem_channels=24,
+        stem_stride=2,
+        slots=(
+            LayerSlot(24, 1, fixed="k3_e1"),
+            *_stages([(40, 3, 2, True), (64, 3, 2, True)]),
+        ),
+        head_channels=384,
+        description="two wide stages for 28x28 grey images (the simple family's shape)",
+    ),
     "cifar-32": SearchSpace(
         name="cifar-32",
         input_shape=(3, 32, 32),

@@ -450,3 +450,18 @@ def test_split_seed_keeps_the_split_and_build_and_search_customise_on_it(tiny_fa
     _, other = train_val_split(data, seed=1)
     assert np.array_equal(val.images, train_val_split(data, seed=0)[1].images)
     assert not np.array_equal(val.images, other.images)
+
+
+def test_the_wide_digits_space_holds_the_simple_family():
+    """digits-28-wide was made so that the from-scratch family the factory is judged against is in it."""
+    from edgefab.factory.presets import WIDTHS, simple_classifier
+
+    wide = FACTORY_SPACES["digits-28-wide"]
+    for width in WIDTHS:
+        member = simple_classifier((1, 28, 28), 10).scaled(width)
+        stages = (member.blocks[1].out_channels, member.blocks[3].out_channels)
+        choices = ("k3_e1", "k3_e3", "k3_e3", "skip", "k5_e3", "k5_e3", "skip")
+        selection = ModuleSelection(choices, stages, member.stem_channels, member.head_channels)
+        arch = wide.arch(selection, 10)
+        assert tuple(b for b in arch.blocks if not b.skip) == member.blocks, width
+        assert (arch.stem_channels, arch.head_channels) == (member.stem_channels, member.head_channels)
