@@ -3,7 +3,7 @@
 For a factory whose space holds the simple MobileNetV2-style family (``digits-28-wide``), this
 prints each member's accuracy as a sub-network of the supernet (inherited weights, batch norms
 recalibrated, as customisation scores candidates) beside its predicted latency on `host`, and the
-space's smallest and largest sub-networks. Read it beside ``benchmarks/factory.py``'s scratch
+space's smallest and largest sub-networks (those alone for a space without the family). Read it beside ``benchmarks/factory.py``'s scratch
 accuracies (the same judging images): it says whether weight sharing costs the family accuracy.
 
     python benchmarks/factory_family.py --factory PATH [--judge-extra extra_digits.npz]
@@ -59,8 +59,9 @@ def main() -> None:
     task, space = parse_task("all", data.classes), factory.space
     try:
         named = [(f"w{w}", family_selection(space, w)) for w in WIDTHS]
-    except EdgefabError as exc:
-        parser.error(str(exc))
+    except EdgefabError as exc:  # still worth its smallest and largest
+        print(f"{exc}: its smallest and largest only")
+        named = []
     named += [("smallest", space.smallest()), ("largest", space.largest())]
     print(f"{factory.meta['space']}: all ten digits, judged on {len(judge)} images\n")
     print("| sub-network | inherited accuracy | predicted host ms |\n|---|---|---|")
