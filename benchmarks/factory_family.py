@@ -3,8 +3,9 @@
 For a factory whose space holds the simple MobileNetV2-style family (``digits-28-wide``), this
 prints each member's accuracy as a sub-network of the supernet (inherited weights, batch norms
 recalibrated, as customisation scores candidates) beside its predicted latency on `host`, and the
-space's smallest and largest sub-networks (those alone for a space without the family). Read it beside ``benchmarks/factory.py``'s scratch
-accuracies (the same judging images): it says whether weight sharing costs the family accuracy.
+space's smallest and largest sub-networks (those alone for a space without the family). Read it
+beside ``benchmarks/factory.py``'s scratch accuracies (the same judging images): it says whether
+weight sharing costs the family accuracy.
 
     python benchmarks/factory_family.py --factory PATH [--judge-extra extra_digits.npz]
 """
