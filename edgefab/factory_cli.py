@@ -86,7 +86,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, sampling (and the split).")] = 0,
     split_seed: Annotated[
         int | None,
-        typer.Option(help="Seed of the train/validation split (default: --seed): retrain on one split."),
+        typer.Option(min=0, help="Seed of the train/validation split (default: --seed): to retrain on one."),
     ] = None,
     device: Annotated[
         str,
