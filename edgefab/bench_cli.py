@@ -16,7 +16,7 @@ def bench_command(
     package: Annotated[Path, typer.Argument(help="Package folder.")],
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random inputs.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Time ONNX Runtime, TVM and PyTorch eager on the package's model: median and spread (IQR),

@@ -148,7 +148,7 @@ def build(
     ] = None,
     out: OutOption = Path("build"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (simple family, no factory).")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of split and training (a factory keeps its split).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Split and training seed (a factory: its split).")] = 0,
     archive: ArchiveOption = False,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Train again even if a cached model exists.")

@@ -83,7 +83,9 @@ def train(
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, sampling (and the split).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the initialisation, sampling (and the split).")
+    ] = 0,
     split_seed: Annotated[
         int | None,
         typer.Option(min=0, help="Seed of the train/validation split (default: --seed): to retrain on one."),

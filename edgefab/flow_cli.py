@@ -15,7 +15,7 @@ flow_app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")]
+SeedOption = Annotated[int, typer.Option(min=0, help="Seed of initialisation, batches and noise.")]
 ThreadsOption = Annotated[int, typer.Option(min=1, help="Torch threads (1 is fastest on a shared machine).")]
 DeviceOption = Annotated[
     str, typer.Option(help="Where to train: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N.")

@@ -29,7 +29,7 @@ def spnas(
     latency_lambda: Annotated[
         float | None, typer.Option("--lambda", help="Fixed latency weight (default: steered to the budget).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and batches.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split, initialisation and batches.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/spnas"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -80,7 +80,9 @@ def optuna_search(
     ] = "mnist",
     task: Annotated[str | None, typer.Option(help="classes=A,B,... or groups=NAME:A,B/NAME:C,D.")] = None,
     factory: Annotated[str | None, typer.Option(help="Factory folder (default: the shipped one).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sampler (the split is the factory's own).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the sampler (the split is the factory's own).")
+    ] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/optuna"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

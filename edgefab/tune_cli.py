@@ -56,7 +56,7 @@ def tune_command(
         int, typer.Option(min=1, help="Trials in all, spread over the kernels (records already held count).")
     ] = 64,
     num_classes: Annotated[int, typer.Option(min=2, help="Classes of the head layer.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the search.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the search.")] = 0,
     rpc: RpcOption = None,
     key: KeyOption = None,
     export: Annotated[

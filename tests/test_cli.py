@@ -120,6 +120,17 @@ def test_nonpositive_budget(budget, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["build", "--target", "pixel", "--seed", "-1"], ["factory", "train", "--split-seed", "-1"],
+     ["search", "optuna", "--target", "pixel", "--seed", "-1"], ["flow", "train", "--seed", "-1"]],
+)  # fmt: skip
+def test_negative_seed_is_a_usage_error(command, tmp_path):
+    result = invoke(*command, "--out", tmp_path / "out")  # numpy refuses negative seeds with a traceback
+    assert result.exit_code == 2 and "seed" in result.output and "greater than or equal to 0" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_build_with_budget_json(host_build, tmp_path):
     result = invoke(
         "build", "--target", "host", "--latency-ms", "1.0", "--data", "mnist", "--out", tmp_path, "--json"
