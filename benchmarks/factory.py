@@ -16,7 +16,8 @@
     --sampler-seeds; the pick also judged on validation images that neither the scoring nor the
     factory's pool saw).
 
-    python benchmarks/factory.py [--factory PATH] [--tasks N] [--budgets N] [--search-factor 10]
+    python benchmarks/factory.py [--factory PATH] [--tasks N | --task T ...] [--budgets N]
+                                 [--search-factor 10]
                                  [--scratch-like-supernet] [--samplers-only | --skip-samplers]
                                  [--sampler-seeds 5] [--rank latency|probability] [--scratch-seeds 1]
                                  [--judge-on held-out|all] [--judge-extra extra_digits.npz]
@@ -99,7 +100,8 @@ def task_hits(network, val, task, prep) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factory", default=str(SHIPPED))
-    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=3, help="the first N of the three tasks")
+    parser.add_argument("--task", action="append", help="a task to run instead (repeatable): classes=0,1")
     parser.add_argument("--budgets", type=int, default=3)
     parser.add_argument("--search-factor", type=float, default=10.0)
     parser.add_argument(
@@ -137,6 +139,10 @@ def main() -> None:
         if extra.classes != data.classes or extra.input_shape != data.input_shape:
             parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
                          f"{extra.input_shape}; the digits: {data.classes}, {data.input_shape}")  # fmt: skip
+    try:  # a bad task fails before any work
+        tasks = [parse_task(text, data.classes) for text in args.task or TASKS[: args.tasks]]
+    except EdgefabError as exc:
+        parser.error(str(exc))
     factory = load_factory(args.factory)
     train, val = factory_split(factory, data)  # the factory's own: its pool's images are in val
     target = load_target("host")
@@ -152,8 +158,7 @@ def main() -> None:
         split = (*split[:2], with_extra(split[2], extra))
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        for text in TASKS[: args.tasks]:
-            task = parse_task(text, data.classes)
+        for task in tasks:
             for budget in budgets:
                 if not args.samplers_only:
                     rows.append(compare(factory, task, model, budget, split, scratch, args, work))
