@@ -132,7 +132,8 @@ SPACES: dict[str, SearchSpace] = {
     ),
     # The from-scratch MobileNetV2 family's shape at 28x28 (two stride-2 stages, nothing at 4x4
     # after them), up to its w1.5 widths: at the same measured latency digits-28's third stage left
-    # only narrow sub-networks (BENCHMARKS.md, issue 5, "A wider two-stage space").
+    # only narrow sub-networks. Not the default: it did not beat the family either (BENCHMARKS.md,
+    # issue 5, "A wider two-stage space").
     "digits-28-wide": SearchSpace(
         name="digits-28-wide",
         input_shape=(1, 28, 28),

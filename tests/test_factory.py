@@ -430,7 +430,7 @@ def test_factory_training_is_reproducible_from_its_seed(tiny_factory, tmp_path):
     assert again["pool"]["accuracy_median"] == first["pool"]["accuracy_median"]
 
 
-def test_split_seed_keeps_the_split_and_build_and_search_customise_on_it(tiny_factory, tmp_path):
+def test_split_seed_keeps_the_split_and_factory_split_follows_it(tiny_factory, tmp_path):
     from edgefab.pipeline.factory_build import factory_split
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
