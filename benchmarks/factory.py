@@ -150,9 +150,9 @@ def main() -> None:
     smallest, largest = latency_range(factory, model)
     budgets = [smallest * (largest / smallest) ** r for r in RELATIVE_BUDGETS[: args.budgets]]
     training = factory.meta["training"]
-    scratch = TrainConfig(epochs=training["epochs"])
+    scratch = TrainConfig(epochs=training["epochs"], shift=training.get("shift", 0))
     if args.scratch_like_supernet:
-        scratch = TrainConfig(epochs=training["epochs"], batch_size=training["batch_size"], lr=training["lr"])
+        scratch = replace(scratch, batch_size=training["batch_size"], lr=training["lr"])
     rows, sampler_rows, split = [], [], judging_split(factory, train, val, args.judge_on)
     if extra is not None:
         split = (*split[:2], with_extra(split[2], extra))

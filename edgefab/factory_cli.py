@@ -80,6 +80,9 @@ def train(
         str | None, typer.Option(help="Factory space (default: the one for the data's image shape).")
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 20,
+    shift: Annotated[
+        int, typer.Option(min=0, help="Shift training images randomly by up to this many pixels (0: off).")
+    ] = 0,
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
@@ -103,7 +106,7 @@ def train(
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
     job = FactoryJob(
-        data=data, out=out, space=space, epochs=epochs, pool=pool, pool_samples=pool_samples,
+        data=data, out=out, space=space, epochs=epochs, shift=shift, pool=pool, pool_samples=pool_samples,
         assembler_targets=_names(assembler_targets), seed=seed, split_seed=split_seed,
         device=device,
     )  # fmt: skip

@@ -452,6 +452,19 @@ def test_split_seed_keeps_the_split_and_factory_split_follows_it(tiny_factory, t
     assert not np.array_equal(val.images, other.images)
 
 
+def test_shifted_supernet_training_is_recorded(tiny_factory, tmp_path):
+    from edgefab.pipeline.factory_train import FactoryJob, train_factory
+
+    job = FactoryJob(
+        out=tmp_path / "shift", epochs=1, pool=8, pool_samples=100, assembler_steps=20, train_samples=256,
+        shift=1,
+    )  # fmt: skip
+    path, meta = train_factory(job)
+    assert meta["training"]["shift"] == 1  # the benchmarks train the scratch family the same way
+    first = json.loads((tiny_factory[0] / "factory.json").read_text())
+    assert json.loads((path / "factory.json").read_text())["files"] != first["files"]
+
+
 def test_the_wide_digits_space_holds_the_simple_family():
     """digits-28-wide was made so that the from-scratch family the factory is judged against is in it."""
     from edgefab.factory.presets import WIDTHS, simple_classifier

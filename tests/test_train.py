@@ -28,3 +28,15 @@ def test_same_seed_same_weights_and_cache_round_trip():
         spec, data, prep, TrainConfig(epochs=1, seed=1), use_cache=False
     ).model.state_dict()
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_shifted_training_is_seeded_and_keyed_apart():
+    data, prep, spec = _small()
+    plain = train_classifier(spec, data, prep, TrainConfig(epochs=1), use_cache=False)
+    shifted = [
+        train_classifier(spec, data, prep, TrainConfig(epochs=1, shift=2), use_cache=False) for _ in range(2)
+    ]
+    weights = [result.model.state_dict() for result in (plain, *shifted)]
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])  # the seed decides
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert shifted[0].cache_key != plain.cache_key  # a cached unshifted model is not returned

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import distributed as dist
 
 from edgefab.data import Dataset, to_float
+from edgefab.data.augment import random_shift
 from edgefab.devices import deterministic_kernels, resolve_device
 from edgefab.errors import EdgefabError
 from edgefab.factory.supernet import ModularSupernet
@@ -44,6 +45,7 @@ class SupernetTrainConfig:
     lr: float = 1e-2
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
+    shift: int = 0  # random shifts of up to this many pixels (edgefab.data.augment); 0: none
     random_subnets: int = 2
     seed: int = 0
 
@@ -106,15 +108,18 @@ def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps)
     order_rng = torch.Generator().manual_seed(config.seed)
     arch_rng = np.random.default_rng(config.seed)
+    shift_rng = torch.Generator().manual_seed(config.seed + 1)  # of the whole batch: every rank alike
     space = supernet.fspace
     supernet.train()
     for epoch in range(config.epochs):
         order = torch.randperm(len(labels), generator=order_rng)
         for step in range(steps):
-            batch = order[step * config.batch_size : (step + 1) * config.batch_size][rank::size].to(device)
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            inputs = random_shift(images[batch.to(device)], config.shift, shift_rng)[rank::size]
+            batch = batch[rank::size].to(device)
             randoms = [space.sample(arch_rng) for _ in range(config.random_subnets)]
             optimizer.zero_grad(set_to_none=True)
-            _sandwich_step(supernet, images[batch], labels[batch], randoms, config.label_smoothing)
+            _sandwich_step(supernet, inputs, labels[batch], randoms, config.label_smoothing)
             _average_gradients(supernet, size)
             optimizer.step()
             schedule.step()

@@ -21,6 +21,7 @@ import edgefab
 from edgefab.arch import ArchSpec
 from edgefab.cache import cache_dir
 from edgefab.data import Dataset, to_float
+from edgefab.data.augment import random_shift
 from edgefab.factory.network import build_network
 
 ProgressFn = Callable[[int, int], None]  # (epochs done, epochs in all)
@@ -35,6 +36,7 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
+    shift: int = 0  # random shifts of up to this many pixels (edgefab.data.augment); 0: none
     seed: int = 0
 
 
@@ -71,7 +73,8 @@ def _cache_key(spec: ArchSpec, data: Dataset, prep: dict, config: TrainConfig) -
 def fit(
     model: nn.Module, data: Dataset, prep: dict, config: TrainConfig, progress: ProgressFn | None = None
 ) -> None:
-    """Train ``model`` in place: AdamW, one-cycle schedule, label smoothing; ends in eval mode."""
+    """Train ``model`` in place: AdamW, one-cycle schedule, label smoothing, random shifts if
+    ``config.shift``; ends in eval mode."""
     torch.manual_seed(config.seed)
     images = torch.from_numpy(to_float(data.images, prep))
     labels = torch.from_numpy(data.labels.astype(np.int64))
@@ -82,13 +85,15 @@ def fit(
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)
+    shifts = torch.Generator().manual_seed(config.seed + 1)  # its own stream: batches as without
     model.train()
     for epoch in range(config.epochs):
         order = torch.randperm(len(labels), generator=generator)
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(images[batch]), labels[batch]).backward()
+            inputs = random_shift(images[batch], config.shift, shifts)
+            loss_fn(model(inputs), labels[batch]).backward()
             optimizer.step()
             schedule.step()
         if progress:

@@ -54,6 +54,7 @@ class FactoryJob:
     space: str | None = None  # default: the built-in space for the data's image shape
     epochs: int = 20
     random_subnets: int = 2
+    shift: int = 0  # training images randomly shifted by up to this many pixels (0: not at all)
     # 384: the digits space has 162 width assignments (18 before its elastic stem and head); a pool
     # of 192 left the assembler no better than uniform sampling there (BENCHMARKS.md, issue 5 (c))
     pool: int = 384
@@ -87,7 +88,9 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
     if job.train_samples:
         train = train.subset(np.random.default_rng(split_seed).permutation(len(train))[: job.train_samples])
     prep = normalization(train)
-    config = SupernetTrainConfig(epochs=job.epochs, random_subnets=job.random_subnets, seed=job.seed)
+    config = SupernetTrainConfig(
+        epochs=job.epochs, random_subnets=job.random_subnets, shift=job.shift, seed=job.seed
+    )
     torch.manual_seed(job.seed)
     supernet = ModularSupernet(fspace, data.num_classes)
     progress.stage(
