@@ -12,6 +12,7 @@ from edgefab.console import RichProgress, emit, key_value_table, user_errors
 # FactoryJob's defaults, kept here so that --help needs no torch import
 FACTORY_POOL_SAMPLES = 1000
 FACTORY_ASSEMBLER_TARGETS = "pixel,note10"
+FACTORY_SHIFT = 2
 
 # options that `train` and `assemble` share (the pool and the assembler's latency targets)
 PoolOption = Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")]
@@ -47,8 +48,9 @@ def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
         ("data", f"{data['name']}: {len(data['classes'])} classes, {data['train_samples']} training images"),
         (
             "training",
-            f"{training['epochs']} epochs sandwich rule, {training['processes']} process(es) on "
-            f"{training.get('device', 'cpu')}, {training['seconds']:.0f} s",
+            f"{training['epochs']} epochs sandwich rule, shifts up to {training.get('shift', 0)} px, "
+            f"{training['processes']} process(es) on {training.get('device', 'cpu')}, "
+            f"{training['seconds']:.0f} s",
         ),  # fmt: skip
         (
             "pool",
@@ -82,7 +84,7 @@ def train(
     epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 20,
     shift: Annotated[
         int, typer.Option(min=0, help="Shift training images randomly by up to this many pixels (0: off).")
-    ] = 0,
+    ] = FACTORY_SHIFT,
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,

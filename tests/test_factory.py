@@ -452,15 +452,17 @@ def test_split_seed_keeps_the_split_and_factory_split_follows_it(tiny_factory, t
     assert not np.array_equal(val.images, other.images)
 
 
-def test_shifted_supernet_training_is_recorded(tiny_factory, tmp_path):
+def test_shifts_are_on_by_default_and_recorded(tiny_factory, tmp_path):
+    from edgefab.factory_cli import FACTORY_SHIFT
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
+    assert FactoryJob().shift == FACTORY_SHIFT == 2 == tiny_factory[1]["training"]["shift"]
     job = FactoryJob(
-        out=tmp_path / "shift", epochs=1, pool=8, pool_samples=100, assembler_steps=20, train_samples=256,
-        shift=1,
+        out=tmp_path / "unshifted", epochs=1, pool=8, pool_samples=100, assembler_steps=20,
+        train_samples=256, shift=0,
     )  # fmt: skip
     path, meta = train_factory(job)
-    assert meta["training"]["shift"] == 1  # the benchmarks train the scratch family the same way
+    assert meta["training"]["shift"] == 0  # the benchmarks train the scratch family the same way
     first = json.loads((tiny_factory[0] / "factory.json").read_text())
     assert json.loads((path / "factory.json").read_text())["files"] != first["files"]
 
