@@ -8,8 +8,9 @@ needs its batch norms recalibrated.
 It trains on the CPU or a CUDA GPU (:func:`training_device`). Many processes: start the same
 command with ``torchrun --nproc_per_node N``. Each process takes its shard of every batch and
 gradients are averaged with ``torch.distributed.all_reduce``: over NCCL with one GPU per process
-(``cuda:LOCAL_RANK``), over gloo on CPUs. Batches and random sub-networks are drawn from the same
-seeded CPU generators on every rank and device, so all ranks train the same sub-networks in a step.
+(``cuda:LOCAL_RANK``), over gloo on CPUs. Batches, random shifts (of the whole batch, before each rank
+takes its shard) and random sub-networks are drawn from the same seeded CPU generators on every rank
+and device, so all ranks train the same sub-networks in a step.
 """
 
 from __future__ import annotations
