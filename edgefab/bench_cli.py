@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgefab.console import RichProgress, emit, user_errors
+from edgefab.console import JsonOption, RichProgress, emit, user_errors
 
 
 @user_errors
@@ -17,7 +17,7 @@ def bench_command(
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per engine.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs first.")] = 10,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random inputs.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Time ONNX Runtime, TVM and PyTorch eager on the package's model: median and spread (IQR),
     same inputs. PyTorch runs the architecture the manifest records, where there is one."""

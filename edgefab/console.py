@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from edgefab.errors import EdgefabError
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name or path to a target .toml.")]
 
 stdout = Console()
 stderr = Console(stderr=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgefab.console import RichProgress, emit, key_value_table, user_errors
+from edgefab.console import JsonOption, RichProgress, emit, key_value_table, user_errors
 
 # FactoryJob's defaults, kept here so that --help needs no torch import
 FACTORY_POOL_SAMPLES = 1000
@@ -101,7 +101,7 @@ def train(
             help="Where the supernet trains: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N."
         ),
     ] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train the supernet (sandwich rule) and the assembler once; start with torchrun for many
     processes (one per GPU: each takes cuda:LOCAL_RANK)."""
@@ -130,7 +130,7 @@ def assemble(
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
     steps: Annotated[int, typer.Option(min=1, help="Assembler training steps.")] = 1500,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Retrain a factory's assembler with today's code (its supernet kept), from the factory's own seed."""
     from edgefab.pipeline.factory_train import FactoryJob, assemble_factory
@@ -152,7 +152,7 @@ def show(
     path: Annotated[
         Path | None, typer.Argument(help="Factory folder (default: the shipped digits factory).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """What a factory was trained on and how."""
     from edgefab.factory.store import SHIPPED, load_factory

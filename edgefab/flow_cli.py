@@ -8,13 +8,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgefab.console import RichProgress, emit, key_value_table, user_errors
+from edgefab.console import JsonOption, RichProgress, emit, key_value_table, user_errors
 
 flow_app = typer.Typer(
     help="Rectified flows and SlimFlow one-step generators (train, slim, report).", no_args_is_help=True
 )
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 SeedOption = Annotated[int, typer.Option(min=0, help="Seed of initialisation, batches and noise.")]
 ThreadsOption = Annotated[int, typer.Option(min=1, help="Torch threads (1 is fastest on a shared machine).")]
 DeviceOption = Annotated[

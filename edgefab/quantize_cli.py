@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgefab.console import emit, user_errors
+from edgefab.console import JsonOption, emit, user_errors
 
 quantize_app = typer.Typer(help="Quantized packages: reports.", no_args_is_help=True)
 
@@ -95,7 +95,7 @@ def quantization_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
 def report(
     path: Annotated[Path, typer.Argument(help="Quantized package folder.")],
     rows: Annotated[int | None, typer.Option("--rows", min=1, help="Show only the largest N layers.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Per-layer error table and accuracy/size/latency before and after quantization."""
     from rich.console import Group

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgefab.console import RichProgress, emit, key_value_table, user_errors
+from edgefab.console import JsonOption, RichProgress, TargetOption, emit, key_value_table, user_errors
 
 search_app = typer.Typer(
     help="Architecture searches for a target and a latency budget.", no_args_is_help=True
@@ -18,7 +18,7 @@ search_app = typer.Typer(
 @user_errors
 def spnas(
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Latency budget on the target.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="Target name or .toml path.")] = "host",
+    target: TargetOption = "host",
     space: Annotated[str, typer.Option(help="Search space: digits-28, cifar-32, mnasnet-224.")] = "digits-28",
     data: Annotated[
         str, typer.Option(help="mnist, a .npz file, an image folder, or torchvision:NAME.")
@@ -31,7 +31,7 @@ def spnas(
     ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the split, initialisation and batches.")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/spnas"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Single-Path NAS: search, fine-tune, and write the chosen architecture and its weights."""
     from edgefab.pipeline.search import SpnasJob, run_spnas
@@ -64,7 +64,7 @@ def optuna_search(
     latency_ms: Annotated[
         float | None, typer.Option("--latency-ms", help="Latency budget on the target (a constraint).")
     ] = None,
-    target: Annotated[str, typer.Option("--target", "-t", help="Target name or .toml path.")] = "host",
+    target: TargetOption = "host",
     trials: Annotated[int, typer.Option(min=1, help="Trials this process runs.")] = 50,
     storage: Annotated[
         str | None,
@@ -84,7 +84,7 @@ def optuna_search(
         int, typer.Option(min=0, help="Seed of the sampler (the split is the factory's own).")
     ] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/optuna"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Multi-objective (accuracy, latency) optuna search over the factory's space, budget as a constraint."""
     from edgefab.pipeline.optuna_job import OptunaJob, run_optuna

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgefab.console import emit, fail, user_errors
+from edgefab.console import JsonOption, emit, fail, user_errors
 from edgefab.errors import EdgefabError
 
 snn_app = typer.Typer(help="Spiking (IIR-SNN) packages: reports.", no_args_is_help=True)
@@ -123,7 +123,7 @@ def energy_table(report: dict[str, Any]) -> Table:
 @user_errors
 def report(
     path: Annotated[Path, typer.Argument(help="Package folder built with --compress snn.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Accuracy per timestep count, spike rates per layer, energy estimate against the ANN."""
     from rich.console import Group

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgefab.console import RichProgress, emit, key_value_table, stderr, user_errors
+from edgefab.console import JsonOption, RichProgress, TargetOption, emit, key_value_table, stderr, user_errors
 
 TuneOption = Annotated[
     int | None,
@@ -51,7 +51,7 @@ def shipped_row(seed: dict[str, Any]) -> str:
 @user_errors
 def tune_command(
     space: Annotated[str, typer.Option(help="Search space whose layer shapes to tune.")] = "digits-28",
-    target: Annotated[str, typer.Option("--target", "-t", help="Target name or .toml path.")] = "host",
+    target: TargetOption = "host",
     trials: Annotated[
         int, typer.Option(min=1, help="Trials in all, spread over the kernels (records already held count).")
     ] = 64,
@@ -79,7 +79,7 @@ def tune_command(
             show_default=False,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Tune every distinct layer shape of a search space into the target's tuning database.
 
