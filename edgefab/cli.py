@@ -144,6 +144,14 @@ def build(
     ] = None,
     out: OutOption = Path("build"),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (simple family, no factory).")] = 4,
+    shift: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Shift training images randomly by up to this many pixels (simple family, "
+            "--finetune-epochs; 0: off).",
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option(min=0, help="Split and training seed (a factory: its split).")] = 0,
     archive: ArchiveOption = False,
     no_cache: Annotated[
@@ -173,7 +181,7 @@ def build(
         max_accuracy_drop=max_accuracy_drop, calibration=calibration,
         exclude_nodes=tuple(exclude_nodes or ()), calibration_data=calibration_data,
         group_size=group_size, act_order=act_order,
-        task=task, factory=factory, finetune_epochs=finetune_epochs,
+        task=task, factory=factory, finetune_epochs=finetune_epochs, shift=shift,
         compress=compress, timesteps=timesteps, snn_epochs=snn_epochs, model=model,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:

@@ -94,6 +94,8 @@ def test_the_simple_family_trains_once_and_then_comes_from_the_cache(host_build,
     assert first["build"]["model"] == "simple family" and first["build"]["why"] == "--factory none"
     assert again["build"]["training"]["cached"] is True
     assert again["figures"]["accuracy"] == first["figures"]["accuracy"] >= 0.97
+    _, shifted = build(BuildOptions(target="pixel", factory="none", epochs=1, shift=2, out=tmp_path / "c"))
+    assert shifted["build"]["training"]["shift"] == 2 and shifted["build"]["training"]["cached"] is False
 
 
 def test_a_grouping_task_in_seconds(pixel_build, tmp_path):

@@ -245,6 +245,23 @@ def test_customize_meets_the_budget(tiny_factory, digits):
         customize(factory, task, model, 0.001, train, val, options)
 
 
+def test_finetune_shifts_are_seeded_and_recorded(tiny_factory, digits):
+    train, val = digits
+    factory = load_factory(tiny_factory[0])
+    task = parse_task("classes=0,1,2", DIGITS)
+    options = CustomizeOptions(scored=1, val_samples=100, head_samples=200, finetune_epochs=1)
+
+    def finetuned(shift: int) -> dict:
+        chosen = customize(factory, task, latency_model("pixel"), None, train.subset(np.arange(600)), val,
+                           replace(options, finetune_shift=shift))  # fmt: skip
+        assert "finetune" in chosen.seconds
+        return chosen.network.state_dict()
+
+    plain, shifted, again = finetuned(0), finetuned(2), finetuned(2)
+    assert all(torch.equal(shifted[k], again[k]) for k in shifted)
+    assert not all(torch.equal(plain[k], shifted[k]) for k in plain)
+
+
 def test_candidates_ranked_by_latency_use_the_budget(tiny_factory):
     """By default the feasible candidates that cost the most are scored (the largest networks within
     budget); ranking by the assembler's probability scores cheaper ones first, and a bad name fails."""

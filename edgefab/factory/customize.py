@@ -60,6 +60,7 @@ class CustomizeOptions:
     scale_scoring: bool = True  # cheaper budgets: more candidates and images (see scoring_effort)
     head_samples: int = 1000
     finetune_epochs: int = 0
+    finetune_shift: int = 0  # random shifts of the fine-tune's images (pixels; edgefab.data.augment)
     group_head: bool = True  # a grouping may keep the all-class classifier (off: always linear)
     seed: int = 0
 
@@ -165,12 +166,10 @@ def customize(
     if options.finetune_epochs:
         clock = time.perf_counter()
         relabelled = apply_task(task_train, task)
-        fit(
-            network,
-            relabelled,
-            factory.prep,
-            TrainConfig(epochs=options.finetune_epochs, lr=2e-3, seed=options.seed),
+        config = TrainConfig(
+            epochs=options.finetune_epochs, lr=2e-3, shift=options.finetune_shift, seed=options.seed
         )
+        fit(network, relabelled, factory.prep, config)
         accuracy = _head_accuracy(network, task_val, task, factory.prep)
         seconds["finetune"] = time.perf_counter() - clock
     rows = [_row(r) for r in results]

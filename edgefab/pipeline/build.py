@@ -75,6 +75,7 @@ class BuildOptions:
     task: str | None = None  # classes=A,B,... or groups=NAME:A,B/NAME:C,D (default: every class)
     factory: str | None = None  # a factory folder, "none" (simple family), default: shipped if it fits
     finetune_epochs: int = 0  # after customising a factory
+    shift: int = 0  # random shifts (pixels) wherever build trains: the simple family, the fine-tune
     quantize: str | None = None  # "int8": see edgefab.pipeline.quantize
     max_accuracy_drop: float = 1.0  # points of validation accuracy int8 may lose
     calibration: str = "minmax"
@@ -174,6 +175,7 @@ def build(options: BuildOptions, progress: Progress | None = None) -> tuple[Path
         if factory is not None:
             customize_options = CustomizeOptions(
                 finetune_epochs=options.finetune_epochs,
+                finetune_shift=options.shift,
                 group_head=not snn_package_suffix(options),  # the SNN converter needs a linear head
                 seed=options.seed,
             )
@@ -225,7 +227,7 @@ def _train_simple_family(
     base = simple_classifier(train.input_shape, train.num_classes)
     spec = choose_architecture(base, target, options.latency_ms, work)
     progress.stage(f"training {spec.name} ({options.epochs} epochs)")
-    config = TrainConfig(epochs=options.epochs, seed=options.seed)
+    config = TrainConfig(epochs=options.epochs, shift=options.shift, seed=options.seed)
     trained = train_classifier(spec, train, prep, config, progress.advance, options.use_cache)
     training = {**config.__dict__, "cached": trained.cached, "seconds": round(trained.train_seconds, 1)}
     info = {"model": "simple family", "why": why, "training": training}

@@ -170,6 +170,7 @@ def customize_for_build(
             "candidates_scored": chosen.candidates,
             "seconds": {k: round(v, 3) for k, v in chosen.seconds.items()},
             "finetune_epochs": options.finetune_epochs,
+            "finetune_shift": options.finetune_shift,
             "measured_checks": checks,
         },
     }
