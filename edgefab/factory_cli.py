@@ -13,6 +13,7 @@ from edgefab.console import JsonOption, RichProgress, emit, key_value_table, use
 FACTORY_POOL_SAMPLES = 1000
 FACTORY_ASSEMBLER_TARGETS = "pixel,note10"
 FACTORY_SHIFT = 2
+FACTORY_EPOCHS = 40  # FactoryJob's; the shipped factory's (tests/test_factory.py checks all three agree)
 
 # options that `train` and `assemble` share (the pool and the assembler's latency targets)
 PoolOption = Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")]
@@ -81,7 +82,7 @@ def train(
     space: Annotated[
         str | None, typer.Option(help="Factory space (default: the one for the data's image shape).")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Supernet training epochs.")] = FACTORY_EPOCHS,
     shift: Annotated[
         int, typer.Option(min=0, help="Shift training images randomly by up to this many pixels (0: off).")
     ] = FACTORY_SHIFT,

@@ -469,6 +469,17 @@ def test_split_seed_keeps_the_split_and_factory_split_follows_it(tiny_factory, t
     assert not np.array_equal(val.images, other.images)
 
 
+def test_the_default_training_is_the_shipped_factory_s():
+    from edgefab.factory.store import SHIPPED
+    from edgefab.factory_cli import FACTORY_EPOCHS, FACTORY_SHIFT
+    from edgefab.pipeline.factory_train import FactoryJob
+
+    shipped = json.loads((SHIPPED / "factory.json").read_text())["training"]
+    assert FactoryJob().epochs == FACTORY_EPOCHS == shipped["epochs"]
+    assert FactoryJob().shift == FACTORY_SHIFT == shipped["shift"]
+    assert FactoryJob().seed == shipped["seed"] == 0
+
+
 def test_shifts_are_on_by_default_and_recorded(tiny_factory, tmp_path):
     from edgefab.factory_cli import FACTORY_SHIFT
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
