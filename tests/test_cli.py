@@ -131,13 +131,13 @@ def test_negative_seed_is_a_usage_error(command, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-
 @pytest.mark.parametrize("command", [["build", "--factory", "none"], ["factory", "train"]])
 def test_negative_shift_is_a_usage_error(command, tmp_path):
     result = invoke(*command, "--shift", "-1", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "shift" in result.output
     assert "greater than or equal to 0" in result.output
     assert not (tmp_path / "out").exists()
+
 
 def test_build_with_budget_json(host_build, tmp_path):
     result = invoke(
