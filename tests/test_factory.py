@@ -245,7 +245,7 @@ def test_customize_meets_the_budget(tiny_factory, digits):
         customize(factory, task, model, 0.001, train, val, options)
 
 
-def test_finetune_shifts_are_seeded_and_recorded(tiny_factory, digits):
+def test_finetune_shifts_are_seeded(tiny_factory, digits):
     train, val = digits
     factory = load_factory(tiny_factory[0])
     task = parse_task("classes=0,1,2", DIGITS)
