@@ -14,7 +14,7 @@
     (``factory_report.paired_interval``), so a verdict that turns on an image or two says so;
 (c) the assembler vs uniform random sampling, the same number of candidates scored (5 seeds, or
     --sampler-seeds; the pick also judged on validation images that neither the scoring nor the
-    factory's pool saw).
+    factory's pool saw, and on the ``--judge-extra`` digits).
 
     python benchmarks/factory.py [--factory PATH] [--tasks N | --task T ...] [--budgets N]
                                  [--search-factor 10]
@@ -49,7 +49,7 @@ from edgefab.errors import EdgefabError
 from edgefab.export.onnx_export import INPUT_NAME, export_onnx
 from edgefab.factory.customize import CustomizeOptions, customize, latency_range, propose, restrict
 from edgefab.factory.presets import WIDTHS, simple_classifier
-from edgefab.factory.scoring import all_class_logits, score, task_accuracy
+from edgefab.factory.scoring import all_class_logits, group_logits, score
 from edgefab.factory.store import SHIPPED, load_factory
 from edgefab.factory.train import TrainConfig, train_classifier
 from edgefab.pipeline.build import choose_architecture
@@ -166,9 +166,9 @@ def main() -> None:
                 if args.skip_samplers:
                     continue
                 sampler_rows.append(
-                    samplers(factory, task, model, budget, train, val, args.sampler_seeds, args.rank)
+                    samplers(factory, task, model, budget, train, val, args.sampler_seeds, args.rank, extra)
                 )
-                print(sampler_rows[-1], flush=True)
+                print(without_arrays(sampler_rows[-1]), flush=True)
     print(f"scratch family: {scratch}; (b) judged on {args.judge_on} validation images")
     print_tables(rows, sampler_rows, smallest, largest)
 
@@ -322,24 +322,28 @@ def optuna_row(factory, task, model, budget, split, seconds, work) -> dict:
             "optuna_path": exported(pinned.network, pinned.spec, work)}  # fmt: skip
 
 
-def samplers(factory, task, model, budget, train, val, seeds: int, rank: str) -> dict:
+def samplers(factory, task, model, budget, train, val, seeds: int, rank: str, extra=None) -> dict:
     """(c): assembler vs uniform sampling, the same number of candidates scored, over ``seeds`` seeds,
     both ranking the feasible candidates by ``rank`` (see ``CustomizeOptions``).
 
     The validation split is cut in two: the images the factory's pool was scored on (which the
     assembler learned from) and the rest, which neither the assembler nor the scoring ever saw.
     Candidates are scored on up to 500 of the first, as customisation does; the pick (best score) is
-    judged on the second, so neither a lucky score nor the assembler's memory of its own pool counts.
-    Also the pick's predicted latency: how much of the budget the sampler puts to use.
+    judged on the second (with ``extra``'s digits, if given), so neither a lucky score nor the
+    assembler's memory of its own pool counts. Also the pick's predicted latency: how much of the
+    budget the sampler puts to use.
     """
     out = {"task": task.text, "budget": budget, "seeds": seeds, "rank": rank}
     _, seen, unseen = judging_split(factory, train, val, "held-out")
+    if extra is not None:
+        unseen = with_extra(unseen, extra)
     task_train, scoring = restrict(train, task), restrict(seen, task)
     scoring = scoring.subset(list(range(min(500, len(scoring)))))
     held_out = restrict(unseen, task)
     out["held_out_images"] = len(held_out)
+    group_of = task.group_of(len(factory.classes))
     for sampler in ("assembler", "random"):
-        best, judged, used = [], [], []
+        best, hits, used = [], [], []
         for seed in range(seeds):
             options = CustomizeOptions(sampler=sampler, seed=seed, rank=rank)
             ranked = propose(factory, task, model, budget, options)
@@ -349,12 +353,12 @@ def samplers(factory, task, model, budget, train, val, seeds: int, rank: str) ->
             ]
             (top, network), ms = max(scored, key=lambda item: item[0][0])
             best.append(top)
-            judged.append(
-                task_accuracy(all_class_logits(network, held_out.images, factory.prep), held_out.labels, task)
-            )
+            logits = group_logits(all_class_logits(network, held_out.images, factory.prep), task)
+            hits.append(logits.argmax(-1) == group_of[held_out.labels])
             used.append(ms / budget)
         out[sampler] = statistics.mean(best)
-        out[f"{sampler}_held_out"] = statistics.mean(judged)
+        out[f"{sampler}_hits"] = hits
+        out[f"{sampler}_held_out"] = float(np.mean(hits))
         out[f"{sampler}_budget_used"] = statistics.mean(used)
     return out
 
