@@ -23,6 +23,7 @@ from factory import RELATIVE_BUDGETS, judging_split, task_val_accuracy, with_ext
 
 from edgefab.data import load_dataset  # noqa: E402
 from edgefab.data.tasks import parse_task  # noqa: E402
+from edgefab.errors import EdgefabError  # noqa: E402
 from edgefab.factory.customize import CustomizeOptions, customize, latency_range  # noqa: E402
 from edgefab.factory.store import SHIPPED, load_factory  # noqa: E402
 from edgefab.pipeline.common import SilentProgress  # noqa: E402
@@ -39,19 +40,27 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="customisation seeds 0..N-1")
     parser.add_argument("--judge-extra", type=Path, default=None)
     args = parser.parse_args()
+    try:  # bad arguments fail before any work
+        lengths = [int(e) for e in args.epochs.split(",")]
+        chosen = [float(b) for b in args.budget_ms.split(",")] if args.budget_ms else []
+    except ValueError as exc:
+        parser.error(f"--epochs and --budget-ms take comma-separated numbers: {exc}")
+    if args.seeds < 1 or min(lengths) < 1:
+        parser.error("--seeds and every --epochs value must be at least 1")
     factory, data = load_factory(SHIPPED), load_dataset("mnist")
-    task = parse_task(args.task, data.classes)
+    try:
+        task = parse_task(args.task, data.classes)
+    except EdgefabError as exc:
+        parser.error(str(exc))
     train, val = factory_split(factory, data)
     train, select, judge = judging_split(factory, train, val, "held-out")
     if args.judge_extra:
         judge = with_extra(judge, load_dataset(str(args.judge_extra)))
     model = factory_latency_model(load_target("host"), factory, SilentProgress())
     smallest, largest = latency_range(factory, model)
-    if args.budget_ms:
-        budgets = [float(b) for b in args.budget_ms.split(",")]
-    else:
-        budgets = [smallest * (largest / smallest) ** r for r in RELATIVE_BUDGETS]
-    lengths = [int(e) for e in args.epochs.split(",")]
+    budgets = chosen or [smallest * (largest / smallest) ** r for r in RELATIVE_BUDGETS]
+    if min(budgets) < smallest:
+        parser.error(f"--budget-ms {min(budgets):g}: the smallest sub-network costs {smallest:.3f} ms")
     print(f"task {task.text}; judged on {len(judge)} images; fine-tune shift {args.shift}\n")
     print("| budget ms | pick ms (predicted) | no fine-tune, mean % | "
           + " | ".join(f"{e} epochs, mean % (gain) | {e} epochs s" for e in lengths)
