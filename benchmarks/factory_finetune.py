@@ -45,17 +45,21 @@ def main() -> None:
         chosen = [float(b) for b in args.budget_ms.split(",")] if args.budget_ms else []
     except ValueError as exc:
         parser.error(f"--epochs and --budget-ms take comma-separated numbers: {exc}")
-    if args.seeds < 1 or min(lengths) < 1:
-        parser.error("--seeds and every --epochs value must be at least 1")
+    if args.seeds < 1 or min(lengths) < 1 or args.shift < 0:
+        parser.error("--seeds and every --epochs value must be at least 1, --shift at least 0")
     factory, data = load_factory(SHIPPED), load_dataset("mnist")
     try:
         task = parse_task(args.task, data.classes)
+        extra = load_dataset(str(args.judge_extra)) if args.judge_extra else None
     except EdgefabError as exc:
         parser.error(str(exc))
+    if extra is not None and (extra.classes, extra.input_shape) != (data.classes, data.input_shape):
+        parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
+                     f"{extra.input_shape}; the digits: {data.classes}, {data.input_shape}")  # fmt: skip
     train, val = factory_split(factory, data)
     train, select, judge = judging_split(factory, train, val, "held-out")
-    if args.judge_extra:
-        judge = with_extra(judge, load_dataset(str(args.judge_extra)))
+    if extra is not None:
+        judge = with_extra(judge, extra)
     model = factory_latency_model(load_target("host"), factory, SilentProgress())
     smallest, largest = latency_range(factory, model)
     budgets = chosen or [smallest * (largest / smallest) ** r for r in RELATIVE_BUDGETS]
