@@ -8,7 +8,7 @@ of the difference that another draw of images and seeds would show. (``scipy.sta
 resamples paired samples too, but cannot resample the seeds beside the images: with seeds 2.3
 points apart, as w0.35's on all ten digits, those matter.)
 ``--judge-extra`` adds 2,000 digits no method saw and narrows the interval about twofold; with the
-62,000 MNIST digits the embedded set lacks (``benchmarks/extra_digits.py``), (c)'s pooled interval
+62,000 MNIST digits the embedded set lacks (``benchmarks/extra_digits.py``), (c)'s pooled interval is
 3x narrower than with the 2,000 (0.05 point wide instead of 0.16).
 """
 
