@@ -134,15 +134,7 @@ def main() -> None:
     if args.scratch_seeds < 1:
         parser.error(f"--scratch-seeds {args.scratch_seeds}: train each scratch member at least once")
     data = load_dataset("mnist")
-    extra = None
-    if args.judge_extra:  # a bad file fails before any work
-        try:
-            extra = load_dataset(args.judge_extra)
-        except EdgefabError as exc:
-            parser.error(f"--judge-extra: {exc}")
-        if extra.classes != data.classes or extra.input_shape != data.input_shape:
-            parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
-                         f"{extra.input_shape}; the digits: {data.classes}, {data.input_shape}")  # fmt: skip
+    extra = load_extra(parser, args.judge_extra, data)
     try:  # a bad task fails before any work
         tasks = [parse_task(text, data.classes) for text in args.task or TASKS[: args.tasks]]
     except EdgefabError as exc:
@@ -175,6 +167,21 @@ def main() -> None:
                 print(without_arrays(sampler_rows[-1]), flush=True)
     print(f"scratch family: {scratch}; (b) judged on {args.judge_on} validation images")
     print_tables(rows, sampler_rows, smallest, largest)
+
+
+def load_extra(parser: argparse.ArgumentParser, path, data: Dataset) -> Dataset | None:
+    """The ``--judge-extra`` digits (None without the option); a file that is not digits like
+    ``data`` ends the script with a one-line error before any work."""
+    if not path:
+        return None
+    try:
+        extra = load_dataset(str(path))
+    except EdgefabError as exc:
+        parser.error(f"--judge-extra: {exc}")
+    if (extra.classes, extra.input_shape) != (data.classes, data.input_shape):
+        parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
+                     f"{extra.input_shape}; the digits: {data.classes}, {data.input_shape}")  # fmt: skip
+    return extra
 
 
 def judging_split(factory, train, val, judge_on: str) -> tuple:

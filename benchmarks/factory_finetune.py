@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from factory import RELATIVE_BUDGETS, judging_split, task_val_accuracy, with_extra  # noqa: E402
+from factory import RELATIVE_BUDGETS, judging_split, load_extra, task_val_accuracy, with_extra  # noqa: E402
 
 from edgefab.data import load_dataset  # noqa: E402
 from edgefab.data.tasks import parse_task  # noqa: E402
@@ -50,12 +50,9 @@ def main() -> None:
     factory, data = load_factory(SHIPPED), load_dataset("mnist")
     try:
         task = parse_task(args.task, data.classes)
-        extra = load_dataset(str(args.judge_extra)) if args.judge_extra else None
     except EdgefabError as exc:
         parser.error(str(exc))
-    if extra is not None and (extra.classes, extra.input_shape) != (data.classes, data.input_shape):
-        parser.error(f"--judge-extra: {extra.name} has classes {extra.classes} and shape "
-                     f"{extra.input_shape}; the digits: {data.classes}, {data.input_shape}")  # fmt: skip
+    extra = load_extra(parser, args.judge_extra, data)
     train, val = factory_split(factory, data)
     train, select, judge = judging_split(factory, train, val, "held-out")
     if extra is not None:
