@@ -14,6 +14,7 @@ FACTORY_POOL_SAMPLES = 1000
 FACTORY_ASSEMBLER_TARGETS = "pixel,note10"
 FACTORY_SHIFT = 2
 FACTORY_EPOCHS = 40  # FactoryJob's; the shipped factory's (tests/test_factory.py checks all three agree)
+FACTORY_SPREAD = 0  # FactoryJob's spread_subnets; the shipped factory's (the same test)
 
 # options that `train` and `assemble` share (the pool and the assembler's latency targets)
 PoolOption = Annotated[int, typer.Option(min=8, help="Sub-networks scored to train the assembler.")]
@@ -86,6 +87,15 @@ def train(
     shift: Annotated[
         int, typer.Option(min=0, help="Shift training images randomly by up to this many pixels (0: off).")
     ] = FACTORY_SHIFT,
+    spread_subnets: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=2,
+            help="Of the 2 random sub-networks a step trains, how many are drawn near the smallest or "
+            "the largest (the rest uniformly, which seldom reaches the cheap end).",
+        ),
+    ] = FACTORY_SPREAD,
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
@@ -109,9 +119,9 @@ def train(
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
     job = FactoryJob(
-        data=data, out=out, space=space, epochs=epochs, shift=shift, pool=pool, pool_samples=pool_samples,
-        assembler_targets=_names(assembler_targets), seed=seed, split_seed=split_seed,
-        device=device,
+        data=data, out=out, space=space, epochs=epochs, shift=shift, spread_subnets=spread_subnets,
+        pool=pool, pool_samples=pool_samples, assembler_targets=_names(assembler_targets), seed=seed,
+        split_seed=split_seed, device=device,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, meta = train_factory(job, progress)

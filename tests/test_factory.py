@@ -419,6 +419,25 @@ def test_supernet_training_on_a_gpu_is_reproducible_from_its_seed(digits):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_spread_subnets_train_other_sub_networks_from_the_same_seed(digits):
+    """Drawing a random sub-network from an end of the space changes what a step trains, and a seed
+    still gives the same weights."""
+    from edgefab.factory.supertrain import SupernetTrainConfig, train_supernet
+
+    train = digits[0].subset(list(range(256)))
+    prep = normalization(train)
+
+    def trained(spread: int) -> dict:
+        torch.manual_seed(0)
+        supernet = ModularSupernet(SPACE, 10)
+        train_supernet(supernet, train, prep, SupernetTrainConfig(epochs=1, spread_subnets=spread))
+        return supernet.state_dict()
+
+    plain, spread, again = trained(0), trained(1), trained(1)
+    assert all(torch.equal(spread[name], again[name]) for name in spread)
+    assert not all(torch.equal(plain[name], spread[name]) for name in plain)
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is")
 def test_factory_train_on_an_absent_gpu_is_refused_before_any_work(tmp_path):
     from typer.testing import CliRunner
@@ -471,12 +490,13 @@ def test_split_seed_keeps_the_split_and_factory_split_follows_it(tiny_factory, t
 
 def test_the_default_training_is_the_shipped_factory_s():
     from edgefab.factory.store import SHIPPED
-    from edgefab.factory_cli import FACTORY_EPOCHS, FACTORY_SHIFT
+    from edgefab.factory_cli import FACTORY_EPOCHS, FACTORY_SHIFT, FACTORY_SPREAD
     from edgefab.pipeline.factory_train import FactoryJob
 
     shipped = json.loads((SHIPPED / "factory.json").read_text())["training"]
     assert FactoryJob().epochs == FACTORY_EPOCHS == shipped["epochs"]
     assert FactoryJob().shift == FACTORY_SHIFT == shipped["shift"]
+    assert FactoryJob().spread_subnets == FACTORY_SPREAD == shipped.get("spread_subnets", 0)
     assert FactoryJob().seed == shipped["seed"] == 0
 
 

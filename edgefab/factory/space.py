@@ -135,6 +135,21 @@ class FactorySpace:
         """Uniformly random decisions."""
         return self.selection([options[rng.integers(len(options))] for _, options in self.decisions()])
 
+    def sample_from_end(self, rng: np.random.Generator) -> ModuleSelection:
+        """A sub-network at a random distance from the smallest or the largest (a coin decides
+        which): k of its decisions redrawn at random, k uniform from none to all.
+
+        Why: uniform sampling puts almost every sub-network in the middle of the latency range (on
+        the digits space under 1 % lie in its fastest third), so a pool drawn that way leaves the
+        assembler nothing but the smallest network at tight budgets, and supernet training that
+        way never visits the cheap end but through the smallest; this covers the range evenly."""
+        end = self.smallest() if rng.random() < 0.5 else self.largest()
+        values, decisions = list(self.values(end)), self.decisions()
+        for d in rng.permutation(len(decisions))[: rng.integers(len(decisions) + 1)]:
+            options = decisions[d][1]
+            values[d] = options[rng.integers(len(options))]
+        return self.selection(values)
+
     def check(self, selection: ModuleSelection) -> None:
         """Raise a one-line error if ``selection`` is not a member of the space."""
         if selection.stem is not None and not self.stem_widths:

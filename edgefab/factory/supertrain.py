@@ -2,7 +2,8 @@
 
 The sandwich rule with in-place distillation (BigNAS / Once-for-All style): each step trains the
 largest sub-network on the labels, then the smallest and ``random_subnets`` random ones on the
-largest's softened predictions, and applies the summed gradients. Afterwards any sub-network only
+largest's softened predictions, and applies the summed gradients (``spread_subnets`` of the random
+ones drawn from an end of the space rather than uniformly). Afterwards any sub-network only
 needs its batch norms recalibrated.
 
 It trains on the CPU or a CUDA GPU (:func:`training_device`). Many processes: start the same
@@ -48,6 +49,10 @@ class SupernetTrainConfig:
     label_smoothing: float = 0.05
     shift: int = 0  # random shifts of up to this many pixels (edgefab.data.augment); 0: none
     random_subnets: int = 2
+    # Of the random sub-networks, how many are drawn at a random distance from the smallest or the
+    # largest (FactorySpace.sample_from_end) instead of uniformly: uniform draws almost never visit
+    # the cheap end that tight budgets pick from, except through the smallest.
+    spread_subnets: int = 0
     seed: int = 0
 
 
@@ -118,7 +123,10 @@ def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             inputs = random_shift(images[batch.to(device)], config.shift, shift_rng)[rank::size]
             batch = batch[rank::size].to(device)
-            randoms = [space.sample(arch_rng) for _ in range(config.random_subnets)]
+            randoms = [
+                space.sample_from_end(arch_rng) if i < config.spread_subnets else space.sample(arch_rng)
+                for i in range(config.random_subnets)
+            ]
             optimizer.zero_grad(set_to_none=True)
             _sandwich_step(supernet, inputs, labels[batch], randoms, config.label_smoothing)
             _average_gradients(supernet, size)

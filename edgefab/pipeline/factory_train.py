@@ -26,7 +26,7 @@ from edgefab.data.tasks import all_classes
 from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import AssemblerConfig, train_assembler
 from edgefab.factory.scoring import all_class_logits, subnetwork, task_accuracy
-from edgefab.factory.space import FactorySpace, ModuleSelection, factory_space, space_for_shape
+from edgefab.factory.space import factory_space, space_for_shape
 from edgefab.factory.store import META_FILE, Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
 from edgefab.factory.supertrain import (
@@ -56,6 +56,7 @@ class FactoryJob:
     # on unseen digits, the smallest by 0.6 (BENCHMARKS.md, issue 5, "Forty epochs with shifts").
     epochs: int = 40
     random_subnets: int = 2
+    spread_subnets: int = 0  # of those, drawn from an end of the space (SupernetTrainConfig)
     # Training images randomly shifted by up to this many pixels (0: not at all). On the digits,
     # 2 lifted the sub-networks by 0.3 point on unseen digits (BENCHMARKS.md, issue 5, "Random shifts").
     shift: int = 2
@@ -93,7 +94,11 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
         train = train.subset(np.random.default_rng(split_seed).permutation(len(train))[: job.train_samples])
     prep = normalization(train)
     config = SupernetTrainConfig(
-        epochs=job.epochs, random_subnets=job.random_subnets, shift=job.shift, seed=job.seed
+        epochs=job.epochs,
+        random_subnets=job.random_subnets,
+        spread_subnets=job.spread_subnets,
+        shift=job.shift,
+        seed=job.seed,
     )
     torch.manual_seed(job.seed)
     supernet = ModularSupernet(fspace, data.num_classes)
@@ -201,31 +206,16 @@ def pool_images(val_size: int, seed: int, count: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(val_size)[:count]
 
 
-def pool_member(fspace: FactorySpace, rng: np.random.Generator) -> ModuleSelection:
-    """A sub-network at a random distance from the smallest or the largest: k of its decisions
-    redrawn at random, k uniform from none to all.
-
-    Uniform sampling would put almost the whole pool in the middle of the latency range (on the
-    digits space under 1 % of sub-networks lie in its fastest third), so the assembler would have
-    nothing but the smallest network to learn from at tight budgets; this covers the range evenly.
-    """
-    end = fspace.smallest() if rng.random() < 0.5 else fspace.largest()
-    values, decisions = list(fspace.values(end)), fspace.decisions()
-    for d in rng.permutation(len(decisions))[: rng.integers(len(decisions) + 1)]:
-        options = decisions[d][1]
-        values[d] = options[rng.integers(len(options))]
-    return fspace.selection(values)
-
-
 def score_pool(supernet, train, val, prep, count: int, seed: int, progress: Progress):
-    """The smallest, the largest and ``count - 2`` sub-networks between them (:func:`pool_member`),
-    with their all-class logits on ``val`` (pool, samples, classes)."""
+    """The smallest, the largest and ``count - 2`` sub-networks between them
+    (:meth:`FactorySpace.sample_from_end`), with their all-class logits on ``val`` (pool, samples,
+    classes)."""
     fspace = supernet.fspace
     rng = np.random.default_rng(seed + 1)
     pool = [fspace.smallest(), fspace.largest()]
     seen = {fspace.smallest(), fspace.largest()}
     while len(pool) < count:
-        selection = pool_member(fspace, rng)
+        selection = fspace.sample_from_end(rng)
         if selection not in seen:
             seen.add(selection)
             pool.append(selection)
