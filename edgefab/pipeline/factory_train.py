@@ -56,7 +56,9 @@ class FactoryJob:
     # on unseen digits, the smallest by 0.6 (BENCHMARKS.md, issue 5, "Forty epochs with shifts").
     epochs: int = 40
     random_subnets: int = 2
-    spread_subnets: int = 0  # of those, drawn from an end of the space (SupernetTrainConfig)
+    # Of those, drawn from an end of the space (SupernetTrainConfig); 1 on the digits: no gain, both
+    # ends 0.07 point lower on one seed (BENCHMARKS.md, issue 5, "Why the factory is behind").
+    spread_subnets: int = 0
     # Training images randomly shifted by up to this many pixels (0: not at all). On the digits,
     # 2 lifted the sub-networks by 0.3 point on unseen digits (BENCHMARKS.md, issue 5, "Random shifts").
     shift: int = 2
