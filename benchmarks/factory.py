@@ -20,6 +20,7 @@
                                  [--search-factor 10]
                                  [--scratch-like-supernet] [--samplers-only | --skip-samplers]
                                  [--sampler-seeds 5] [--rank latency|probability] [--scratch-seeds 1]
+                                 [--scratch-widths 0.75,1.5,1.5]
                                  [--judge-on held-out|all] [--judge-extra extra_digits.npz]
 
 (b)'s accuracies are on the task's validation images that no method selected on (``--judge-on all``:
@@ -53,7 +54,7 @@ from edgefab.factory.presets import WIDTHS, simple_classifier
 from edgefab.factory.scoring import all_class_logits, group_logits, score
 from edgefab.factory.store import SHIPPED, load_factory
 from edgefab.factory.train import TrainConfig, train_classifier
-from edgefab.pipeline.build import choose_architecture
+from edgefab.pipeline.build import candidate_latency, choose_architecture
 from edgefab.pipeline.common import SilentProgress
 from edgefab.pipeline.factory_build import factory_latency_model, factory_split, meet_measured_budget
 from edgefab.pipeline.factory_train import pool_images
@@ -118,6 +119,11 @@ def main() -> None:
         "--scratch-seeds", type=int, default=1, help="training runs of each scratch member (b) averages"
     )
     parser.add_argument(
+        "--scratch-widths",
+        help="one family width per budget, e.g. 0.75,1.5,1.5, instead of the widest measured within it: "
+        "the same cells whatever the machine's speed",
+    )
+    parser.add_argument(
         "--judge-on",
         choices=("held-out", "all"),
         default="held-out",
@@ -133,6 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.scratch_seeds < 1:
         parser.error(f"--scratch-seeds {args.scratch_seeds}: train each scratch member at least once")
+    args.scratch_widths = scratch_widths(parser, args.scratch_widths, args.budgets)
     data = load_dataset("mnist")
     extra = load_extra(parser, args.judge_extra, data)
     try:  # a bad task fails before any work
@@ -155,9 +162,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         for task in tasks:
-            for budget in budgets:
+            for index, budget in enumerate(budgets):
                 if not args.samplers_only:
-                    rows.append(compare(factory, task, model, budget, split, scratch, args, work, trained))
+                    width = args.scratch_widths[index] if args.scratch_widths else None
+                    row = compare(factory, task, model, budget, split, scratch, args, work, trained, width)
+                    rows.append(row)
                     print(without_arrays(rows[-1]), flush=True)
                 if args.skip_samplers:
                     continue
@@ -184,6 +193,19 @@ def load_extra(parser: argparse.ArgumentParser, path, data: Dataset) -> Dataset 
     return extra
 
 
+def scratch_widths(parser: argparse.ArgumentParser, text: str | None, budgets: int) -> list[float] | None:
+    """``--scratch-widths``: one family width per budget (None without the option)."""
+    if not text:
+        return None
+    try:
+        widths = [float(part) for part in text.split(",")]
+    except ValueError:
+        parser.error(f"--scratch-widths {text}: give numbers, e.g. 0.75,1.5,1.5")
+    if len(widths) != budgets or set(widths) - set(WIDTHS):
+        parser.error(f"--scratch-widths {text}: give {budgets} of the family's widths {WIDTHS}")
+    return widths
+
+
 def judging_split(factory, train, val, judge_on: str) -> tuple:
     """(train, images methods select on, images they are judged on).
 
@@ -205,7 +227,9 @@ def with_extra(judge: Dataset, extra: Dataset) -> Dataset:
     return Dataset(f"{judge.name}+{extra.name}", images, labels, judge.classes)
 
 
-def compare(factory, task, model, budget, split, scratch: TrainConfig, args, work, trained: dict) -> dict:
+def compare(
+    factory, task, model, budget, split, scratch: TrainConfig, args, work, trained: dict, width: float | None
+) -> dict:
     """One (task, budget): factory vs optuna (``args.search_factor`` x the time) vs the from-scratch
     family's member within budget, trained ``args.scratch_seeds`` times; ``split`` is
     (train, select, judge) from :func:`judging_split`; ``trained`` keeps the run's scratch networks,
@@ -232,10 +256,14 @@ def compare(factory, task, model, budget, split, scratch: TrainConfig, args, wor
     task_train, task_judge = apply_task(train, task), apply_task(judge, task)
     prep = normalization(task_train)
     base = simple_classifier(task_train.input_shape, len(task.groups))
-    try:
-        spec, scratch_fits = choose_architecture(base, load_target("host"), budget, work), True
-    except EdgefabError:  # even the narrowest measures over budget (a loaded machine): train it anyway
-        spec, scratch_fits = base.scaled(min(WIDTHS)), False
+    if width is not None:  # fixed by the caller; "fits" then says whether it measured within budget
+        spec = base.scaled(width)
+        scratch_fits = candidate_latency(spec, load_target("host"), work).ms <= budget
+    else:
+        try:
+            spec, scratch_fits = choose_architecture(base, load_target("host"), budget, work), True
+        except EdgefabError:  # even the narrowest measures over budget (a loaded machine): train it anyway
+            spec, scratch_fits = base.scaled(min(WIDTHS)), False
     seconds, hits = [], []
     for seed in range(args.scratch_seeds):
         key = (task.text, spec.name, seed)
