@@ -121,6 +121,11 @@ def main() -> None:
     model = factory_latency_model(load_target("host"), factory, SilentProgress())
     task = parse_task("all", data.classes)
     found = window(factory.space, model, args.low, args.high, args.count, args.sampler)
+    if len(found) < 2:  # nothing to average or correlate
+        space = factory.space
+        span = [model.total_ms(space.arch(s, 10)) for s in (space.smallest(), space.largest())]
+        parser.error(f"{len(found)} {args.sampler} sub-network(s) at {args.low}-{args.high} ms predicted; "
+                     f"the space spans {span[0]:.4f}-{span[1]:.4f} ms: widen the window")  # fmt: skip
     print(f"{args.factory}: {len(found)} {args.sampler} sub-networks at {args.low}-{args.high} ms predicted "
           f"on host; scored on {len(select)} images, judged on {len(judge)}\n")  # fmt: skip
     rows = judged(factory, [s for s, _ in found], train, select, judge, task)
