@@ -38,14 +38,18 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _dropped_note(widths: list[list[int]]) -> str:
+    return " (0: the last stage dropped)" if widths and widths[-1][:1] == [0] else ""
+
+
 def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
     data, training, pool = meta["data"], meta["training"], meta["pool"]
     return [
         ("factory", path),
         (
             "space",
-            f"{meta['space']} (stage widths {meta['widths']}, stem {meta.get('stem_widths') or 'fixed'}, "
-            f"head {meta.get('head_widths') or 'fixed'})",
+            f"{meta['space']} (stage widths {meta['widths']}{_dropped_note(meta['widths'])}, stem "
+            f"{meta.get('stem_widths') or 'fixed'}, head {meta.get('head_widths') or 'fixed'})",
         ),
         ("data", f"{data['name']}: {len(data['classes'])} classes, {data['train_samples']} training images"),
         (
@@ -96,6 +100,13 @@ def train(
             "the largest (the rest uniformly, which seldom reaches the cheap end).",
         ),
     ] = FACTORY_SPREAD,
+    anchors: Annotated[
+        bool,
+        typer.Option(
+            "--anchors/--no-anchors",
+            help="Train the simple family's members that the space holds at every step (and pool them).",
+        ),
+    ] = True,
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
@@ -120,8 +131,8 @@ def train(
 
     job = FactoryJob(
         data=data, out=out, space=space, epochs=epochs, shift=shift, spread_subnets=spread_subnets,
-        pool=pool, pool_samples=pool_samples, assembler_targets=_names(assembler_targets), seed=seed,
-        split_seed=split_seed, device=device,
+        anchors=anchors, pool=pool, pool_samples=pool_samples, assembler_targets=_names(assembler_targets),
+        seed=seed, split_seed=split_seed, device=device,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, meta = train_factory(job, progress)

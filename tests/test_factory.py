@@ -20,10 +20,13 @@ from edgefab.factory.customize import (
     propose,
     scoring_effort,
 )
+from edgefab.factory.network import Network
+from edgefab.factory.presets import WIDTHS, family_in_space, simple_classifier
 from edgefab.factory.scoring import group_logits, task_accuracy
 from edgefab.factory.space import FACTORY_SPACES, FactorySpace, ModuleSelection
 from edgefab.factory.store import Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
+from edgefab.factory.supertrain import SupernetTrainConfig, train_supernet
 from edgefab.spaces import SPACES
 from edgefab.targets.latency import latency_model
 
@@ -43,8 +46,9 @@ def test_space_stages_and_widths():
     spec = SPACE.arch(SPACE.smallest(), 10)
     # the stem and the fixed first layer narrow together (stem 8), every stage and the head to its narrowest
     assert spec.stem_channels == 8 and spec.head_channels == 96
-    assert [b.out_channels for b in spec.blocks] == [8, 8, 8, 8, 24, 24, 24, 48, 48]
-    assert spec.notation()[2:4] == ["skip", "skip"]
+    # the third stage dropped: identities at the second stage's width, the head reads that stage
+    assert [b.out_channels for b in spec.blocks] == [8, 8, 8, 8, 24, 24, 24, 24, 24]
+    assert spec.notation()[2:4] == ["skip", "skip"] and spec.notation()[7:] == ["skip", "skip"]
     largest = SPACE.arch(SPACE.largest(), 10)
     assert largest.stem_channels == 16 and largest.blocks[0].out_channels == 16
     assert largest.head_channels == 256
@@ -88,6 +92,58 @@ def test_extracted_subnetwork_computes_what_the_supernet_does():
         assert spec.to_dict() == SPACE.arch(selection, 10).to_dict()
         with torch.no_grad():
             assert (supernet(x, selection) - network(x)).abs().max() < 1e-4
+
+
+def test_the_last_stage_can_be_dropped():
+    """Width 0 drops the third stage: its layers build nothing (so their choices are canonical), the
+    head that reads the second stage has weights of its own, and the network is cheaper on the
+    phone's latency model than the smallest one with the stage."""
+    values = SPACE.values(SPACE.largest())
+    values[SPACE.space.searchable().index(7)] = "k5_e6"
+    values[STAGE_WIDTHS.stop - 1] = 0  # the third stage's width
+    dropped = SPACE.selection(values)
+    assert dropped.choices[7:] == ("k3_e3", "skip") and dropped.widths == (24, 40, 0)
+    with pytest.raises(EdgefabError, match="a dropped last stage's layers must be at their smallest ops"):
+        SPACE.check(replace(dropped, choices=(*dropped.choices[:7], "k5_e6", "skip")))
+    spec = SPACE.arch(dropped, 10)
+    assert [b.skip for b in spec.blocks[7:]] == [True, True] and spec.blocks[-1].out_channels == 40
+    assert Network(spec).head[0].in_channels == 40
+    with_stage = SPACE.arch(replace(SPACE.smallest(), widths=(8, 24, 48)), 10)
+    pixel = latency_model("pixel")
+    assert pixel.total_ms(SPACE.arch(SPACE.smallest(), 10)) < 0.8 * pixel.total_ms(with_stage)
+
+    supernet = ModularSupernet(SPACE, 10)
+    supernet(torch.randn(2, 1, 28, 28), dropped).sum().backward()
+    assert supernet.short_head[0].weight.grad is not None and supernet.head[0].weight.grad is None
+    assert all(p.grad is None for p in supernet.blocks[7].parameters())
+    fixed_depth = FactorySpace(SPACE.space, ((8, 16), (24,), (48, 80)))
+    assert not hasattr(ModularSupernet(fixed_depth, 10), "short_head")
+    for widths in (((0, 8), (24,), (48,)), ((8,), (24,), (48, 0)), ((8,), (24,), (0, 0, 48))):
+        with pytest.raises(ValueError, match="only the last stage can be dropped"):
+            FactorySpace(SPACE.space, widths)
+
+
+def test_a_space_holds_the_family_members_whose_shape_it_has():
+    wide, family = FACTORY_SPACES["digits-28-wide"], simple_classifier((1, 28, 28), 10)
+    held = family_in_space(wide, 10)
+    assert len(held) == len(WIDTHS)  # the wide space was made to hold them all
+    for selection, width in zip(held, WIDTHS, strict=True):
+        member, spec = family.scaled(width), wide.arch(selection, 10)
+        assert [b for b in spec.blocks if not b.skip] == list(member.blocks)
+        assert (spec.stem_channels, spec.head_channels) == (member.stem_channels, member.head_channels)
+    # digits-28 holds w1.0 alone, with its third stage dropped; its other widths are not the family's
+    assert [s.widths for s in family_in_space(SPACE, 10)] == [(24, 40, 0)]
+    assert SPACE.holding(family.scaled(0.5)) is None
+    assert FACTORY_SPACES["cifar-32"].holding(family) is None  # another input shape
+
+
+def test_anchors_are_recorded_and_must_be_members(tiny_factory, digits):
+    meta = load_factory(tiny_factory[0]).meta
+    assert meta["training"]["anchors"] == [s.to_dict() for s in family_in_space(SPACE, 10)]
+    train, _ = digits
+    config = SupernetTrainConfig(epochs=1, anchors=({"choices": ["k3_e1"] * 9, "widths": [8, 24, 48]},))
+    with pytest.raises(EdgefabError, match="layer1 allows"):
+        train_supernet(ModularSupernet(SPACE, 10), train.subset(range(64)), normalization(train), config)
 
 
 def test_tasks_parse_and_relabel():

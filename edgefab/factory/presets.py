@@ -1,8 +1,10 @@
-"""Built-in architectures: the simple MBConv classifier family used when no factory applies."""
+"""Built-in architectures: the simple MBConv classifier family used when no factory applies, and
+its members that a factory space holds (the supernet trains them at every step)."""
 
 from __future__ import annotations
 
 from edgefab.arch import ArchSpec, BlockSpec
+from edgefab.factory.space import FactorySpace, ModuleSelection
 
 # Width multipliers tried, widest first, when a latency budget must be met.
 WIDTHS = (1.5, 1.0, 0.75, 0.5, 0.35)
@@ -30,3 +32,10 @@ def simple_classifier(input_shape: tuple[int, int, int], num_classes: int) -> Ar
         head_channels=256,
         name="simple-mbconv",
     )
+
+
+def family_in_space(fspace: FactorySpace, num_classes: int) -> list[ModuleSelection]:
+    """The simple family's members (every width of ``WIDTHS``) that ``fspace`` holds, widest first."""
+    family = simple_classifier(fspace.space.input_shape, num_classes)
+    held = (fspace.holding(family.scaled(width)) for width in WIDTHS)
+    return [selection for selection in held if selection is not None]

@@ -4,8 +4,10 @@ Each searchable layer picks one of the superkernel's ops (``k3_e3`` .. ``k5_e6``
 the stage allows it); each stage picks its output width from a short list (the sparsity knob: a
 narrower stage uses the first channels of the shared weights, as Once-for-All's elastic width).
 Some spaces also narrow the stem (with the fixed layers before the first stage) and the 1x1 head
-the same way. A :class:`ModuleSelection` is one such choice; :meth:`FactorySpace.arch` turns it into an
-:class:`~edgefab.arch.ArchSpec`, which latency models, extraction and export all read.
+the same way, and some may drop their last stage (a width of 0: the head then reads the stage
+before, as a shallower network would; :attr:`FactorySpace.droppable`). A :class:`ModuleSelection`
+is one such choice; :meth:`FactorySpace.arch` turns it into an :class:`~edgefab.arch.ArchSpec`,
+which latency models, extraction and export all read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefab.arch import ArchSpec
+from edgefab.arch import ArchSpec, BlockSpec
 from edgefab.errors import EdgefabError
 from edgefab.spaces import SPACES, SearchSpace
 
@@ -54,7 +56,8 @@ class FactorySpace:
     """A search space whose stages also choose their width from ``widths[stage]``."""
 
     space: SearchSpace
-    widths: tuple[tuple[int, ...], ...]  # per stage, ascending, the last the space's own width
+    # Per stage, ascending, the last the space's own width; the last stage's may start with 0: dropped.
+    widths: tuple[tuple[int, ...], ...]
     # The stem's and the fixed leading layers' widths, ascending, the last the space's own; () = fixed.
     stem_widths: tuple[int, ...] = ()
     # The 1x1 head's widths, ascending, the last the space's own; () = fixed.
@@ -75,6 +78,23 @@ class FactorySpace:
                 )
         if self.head_widths and self.head_widths[-1] != self.space.head_channels:
             raise ValueError(f"{self.space.name}: the last of head_widths must be the head's own width")
+        zeros = [s for s, w in enumerate(self.widths) if 0 in w]
+        last = self.widths[-1]
+        if zeros and (
+            zeros != [len(self.widths) - 1] or last.count(0) > 1 or last[0] != 0 or len(self.widths) < 2
+        ):
+            raise ValueError(
+                f"{self.space.name}: only the last stage can be dropped (width 0, first of its widths), "
+                f"and only where a stage comes before it"
+            )
+
+    @property
+    def droppable(self) -> bool:
+        """Whether a sub-network may drop the last stage (its width 0): the head then reads the
+        stage before. Why: a stage's first layer can never be skipped, so without this every
+        sub-network of the digits space pays for a third stage that the scratch family, at the
+        same cost, spends on wider first two (BENCHMARKS.md, issue 5, "Why the factory is behind")."""
+        return self.widths[-1][0] == 0
 
     @property
     def name(self) -> str:
@@ -110,7 +130,17 @@ class FactorySpace:
         elastic = iter(values[len(searchable) + len(self.widths) :])
         stem = int(next(elastic)) if self.stem_widths else None
         head = int(next(elastic)) if self.head_widths else None
-        return ModuleSelection(tuple(choices), tuple(int(w) for w in widths), stem, head)
+        return self.canonical(ModuleSelection(tuple(choices), tuple(int(w) for w in widths), stem, head))
+
+    def canonical(self, selection: ModuleSelection) -> ModuleSelection:
+        """``selection`` with a dropped stage's layer choices at their smallest: they build nothing,
+        so selections that differ only there are one network and must compare equal."""
+        if selection.widths[-1] != 0:
+            return selection
+        smallest, choices = self.space.smallest(), list(selection.choices)
+        for slot in self.stages()[-1]:
+            choices[slot] = smallest[slot]
+        return replace(selection, choices=tuple(choices))
 
     def values(self, selection: ModuleSelection) -> list:
         """Inverse of :meth:`selection`."""
@@ -126,7 +156,7 @@ class FactorySpace:
 
     def smallest(self) -> ModuleSelection:
         """Every skippable layer skipped, the rest k3_e3, every stage (and the stem and head) at its
-        narrowest."""
+        narrowest (a droppable last stage dropped)."""
         widths = tuple(w[0] for w in self.widths)
         stem, head = (w[0] if w else None for w in (self.stem_widths, self.head_widths))
         return ModuleSelection(tuple(self.space.smallest()), widths, stem, head)
@@ -150,12 +180,50 @@ class FactorySpace:
             values[d] = options[rng.integers(len(options))]
         return self.selection(values)
 
+    def holding(self, spec: ArchSpec) -> ModuleSelection | None:
+        """The selection whose network is ``spec`` (its blocks, stem and head), or None where the
+        space does not hold it: each of ``spec``'s stages (a block that changes shape starts one) fills
+        the first slots of one of the space's, the rest skipped."""
+        searchable = self.space.searchable()
+        stages: list[list[BlockSpec]] = []
+        cin = spec.stem_channels
+        for block in spec.blocks[searchable[0] :]:
+            if block.skip:
+                continue
+            if not stages or block.stride != 1 or block.out_channels != cin:
+                stages.append([])
+            stages[-1].append(block)
+            cin = block.out_channels
+        own = self.stages()
+        if len(stages) > len(own) or any(len(a) > len(b) for a, b in zip(stages, own, strict=False)):
+            return None
+        choices = list(self.space.smallest())
+        for stage, slots in zip(stages, own, strict=False):
+            for block, slot in zip(stage, slots, strict=False):
+                choices[slot] = block.notation()
+        widths = [stage[0].out_channels for stage in stages] + [0] * (len(own) - len(stages))
+        stem = spec.stem_channels if self.stem_widths else None
+        head = spec.head_channels if self.head_widths else None
+        selection = self.canonical(ModuleSelection(tuple(choices), tuple(widths), stem, head))
+        try:
+            held = self.arch(selection, spec.num_classes)
+        except EdgefabError:
+            return None
+        same = [(b.out_channels, b.kernel, b.expand, b.stride) for b in held.blocks if not b.skip] == [
+            (b.out_channels, b.kernel, b.expand, b.stride) for b in spec.blocks if not b.skip
+        ]
+        shape = (held.stem_channels, held.stem_stride, held.head_channels, held.input_shape)
+        return selection if same and shape == (spec.stem_channels, spec.stem_stride, spec.head_channels,
+                                               spec.input_shape) else None  # fmt: skip
+
     def check(self, selection: ModuleSelection) -> None:
         """Raise a one-line error if ``selection`` is not a member of the space."""
         if selection.stem is not None and not self.stem_widths:
             raise EdgefabError(f"{self.name}: the stem's width is fixed here, a selection cannot set it")
         if selection.head is not None and not self.head_widths:
             raise EdgefabError(f"{self.name}: the head's width is fixed here, a selection cannot set it")
+        if selection != self.canonical(selection):
+            raise EdgefabError(f"{self.name}: a dropped last stage's layers must be at their smallest ops")
         for (name, options), value in zip(self.decisions(), self.values(selection), strict=True):
             if value not in options:
                 raise EdgefabError(f"{self.name}: {name} allows {options}, not {value!r}")
@@ -169,6 +237,10 @@ class FactorySpace:
             replace(block, out_channels=selection.widths[stage_of[i]]) if i in stage_of else block
             for i, block in enumerate(spec.blocks)
         ]
+        if selection.widths[-1] == 0:  # dropped: identities at the width of the stage before
+            kept = selection.widths[-2]
+            for i in self.stages()[-1]:
+                blocks[i] = BlockSpec(kept, kernel=3, expand=3, stride=1, skip=True)
         if selection.stem is not None:  # the stem and the layers before the first stage narrow together
             for i in range(self.space.searchable()[0]):
                 blocks[i] = replace(blocks[i], out_channels=selection.stem)
@@ -190,7 +262,7 @@ FACTORY_SPACES: dict[str, FactorySpace] = {
     # of the space without it (BENCHMARKS.md, issue 5's dominance check). The head narrows for the
     # same reason: the family's w0.35 has 88 channels there, w0.5 128.
     "digits-28": _space(
-        "digits-28", ((8, 16, 24), (24, 32, 40), (48, 64, 80)), stem=(8, 16), head=(96, 160, 256)
+        "digits-28", ((8, 16, 24), (24, 32, 40), (0, 48, 64, 80)), stem=(8, 16), head=(96, 160, 256)
     ),
     "digits-28-wide": _space(
         "digits-28-wide",

@@ -3,7 +3,8 @@
 Built on the same :class:`~edgefab.factory.superkernel.SuperMBConv` as Single-Path NAS: each
 searchable layer holds one 5x5, 6x-expanded kernel whose centre and first channels are the smaller
 ops, and a stage's (or an elastic stem's or head's) narrower widths are its first output channels;
-fixed layers and the classifier are sliced the same way (:func:`sliced_unit`). ``forward(x, selection)`` runs
+fixed layers and the classifier are sliced the same way (:func:`sliced_unit`); where the space can
+drop its last stage, a second head reads the stage before. ``forward(x, selection)`` runs
 one sub-network; :meth:`ModularSupernet.extract` copies it out as a standalone
 :class:`~edgefab.factory.network.Network` (then only its batch norms need recalibrating).
 """
@@ -30,19 +31,35 @@ class ModularSupernet(nn.Module):
         self.stem = conv_bn_act(space.input_shape[0], space.stem_channels, 3, space.stem_stride)
         self.blocks = super_blocks(space)
         self.head = conv_bn_act(space.slots[-1].out_channels, space.head_channels, 1)
+        if fspace.droppable:
+            # The head of the sub-networks without the last stage, with weights of its own: the one
+            # head's first input channels would have to read two unrelated sets of features.
+            before = space.slots[fspace.stages()[-2][-1]].out_channels
+            self.short_head = conv_bn_act(before, space.head_channels, 1)
         self.classifier = nn.Linear(space.head_channels, num_classes)
         self._stage_of = fspace.stage_of()
+        self._last_stage = set(fspace.stages()[-1])
+
+    def _dropped(self, selection: ModuleSelection) -> bool:
+        return selection.widths[-1] == 0
+
+    def _head(self, selection: ModuleSelection) -> nn.Sequential:
+        return self.short_head if self._dropped(selection) else self.head
 
     def features(self, x: torch.Tensor, selection: ModuleSelection) -> torch.Tensor:
         """Pooled head features of the sub-network ``selection`` (before the classifier)."""
         stem = selection.stem or self.fspace.space.stem_channels
         x = sliced_unit(self.stem, x, stem, self.training)
+        dropped = self._dropped(selection)
         for index, (block, choice) in enumerate(zip(self.blocks, selection.choices, strict=True)):
+            if dropped and index in self._last_stage:
+                continue
             if isinstance(block, SuperMBConv):
                 x = block.forward_choice(x, choice, selection.widths[self._stage_of[index]])
             else:  # a fixed layer before the first stage: as wide as the stem
                 x = sliced_mbconv(block, x, stem, self.training)
-        x = sliced_unit(self.head, x, selection.head or self.fspace.space.head_channels, self.training)
+        head = selection.head or self.fspace.space.head_channels
+        x = sliced_unit(self._head(selection), x, head, self.training)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def forward(self, x: torch.Tensor, selection: ModuleSelection) -> torch.Tensor:
@@ -60,7 +77,7 @@ class ModularSupernet(nn.Module):
         standalone = iter(network.blocks)
         cin = spec.stem_channels
         for block, choice, arch_block in zip(self.blocks, selection.choices, spec.blocks, strict=True):
-            if choice == "skip":
+            if arch_block.skip:
                 continue
             target = next(standalone)
             if isinstance(block, SuperMBConv):
@@ -68,7 +85,7 @@ class ModularSupernet(nn.Module):
             else:
                 load_first_channels(target, block)
             cin = arch_block.out_channels
-        load_first_channels(network.head, self.head)
+        load_first_channels(network.head, self._head(selection))
         load_first_channels(network.classifier, self.classifier)
         return spec, network.eval()
 

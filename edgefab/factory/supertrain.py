@@ -2,8 +2,9 @@
 
 The sandwich rule with in-place distillation (BigNAS / Once-for-All style): each step trains the
 largest sub-network on the labels, then the smallest and ``random_subnets`` random ones on the
-largest's softened predictions, and applies the summed gradients (``spread_subnets`` of the random
-ones drawn from an end of the space rather than uniformly). Afterwards any sub-network only
+largest's softened predictions (and so the ``anchors``, if any, at every step), and applies the
+summed gradients (``spread_subnets`` of the random ones drawn from an end of the space rather than
+uniformly). Afterwards any sub-network only
 needs its batch norms recalibrated.
 
 It trains on the CPU or a CUDA GPU (:func:`training_device`). Many processes: start the same
@@ -30,6 +31,7 @@ from edgefab.data import Dataset, to_float
 from edgefab.data.augment import random_shift
 from edgefab.devices import deterministic_kernels, resolve_device
 from edgefab.errors import EdgefabError
+from edgefab.factory.space import ModuleSelection
 from edgefab.factory.supernet import ModularSupernet
 
 ProgressFn = Callable[[int, int], None]
@@ -53,6 +55,10 @@ class SupernetTrainConfig:
     # largest (FactorySpace.sample_from_end) instead of uniformly: uniform draws almost never visit
     # the cheap end that tight budgets pick from, except through the smallest.
     spread_subnets: int = 0
+    # Sub-networks trained at every step beside the smallest (ModuleSelection.to_dict() form): a
+    # sub-network the sandwich trains every step scores like one trained alone, those it only meets
+    # among the random draws do not (BENCHMARKS.md, issue 5, "Anchors").
+    anchors: tuple[dict, ...] = ()
     seed: int = 0
 
 
@@ -116,6 +122,9 @@ def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress
     arch_rng = np.random.default_rng(config.seed)
     shift_rng = torch.Generator().manual_seed(config.seed + 1)  # of the whole batch: every rank alike
     space = supernet.fspace
+    anchors = [space.canonical(ModuleSelection.from_dict(anchor)) for anchor in config.anchors]
+    for anchor in anchors:
+        space.check(anchor)
     supernet.train()
     for epoch in range(config.epochs):
         order = torch.randperm(len(labels), generator=order_rng)
@@ -128,7 +137,7 @@ def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress
                 for i in range(config.random_subnets)
             ]
             optimizer.zero_grad(set_to_none=True)
-            _sandwich_step(supernet, inputs, labels[batch], randoms, config.label_smoothing)
+            _sandwich_step(supernet, inputs, labels[batch], [*anchors, *randoms], config.label_smoothing)
             _average_gradients(supernet, size)
             optimizer.step()
             schedule.step()

@@ -25,8 +25,9 @@ from edgefab.data import load_dataset, normalization, train_val_split
 from edgefab.data.tasks import all_classes
 from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import AssemblerConfig, train_assembler
+from edgefab.factory.presets import family_in_space
 from edgefab.factory.scoring import all_class_logits, subnetwork, task_accuracy
-from edgefab.factory.space import factory_space, space_for_shape
+from edgefab.factory.space import ModuleSelection, factory_space, space_for_shape
 from edgefab.factory.store import META_FILE, Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
 from edgefab.factory.supertrain import (
@@ -59,6 +60,10 @@ class FactoryJob:
     # Of those, drawn from an end of the space (SupernetTrainConfig); 1 on the digits: no gain, both
     # ends 0.07 point lower on one seed (BENCHMARKS.md, issue 5, "Why the factory is behind").
     spread_subnets: int = 0
+    # Train the simple family's members that the space holds at every step (SupernetTrainConfig's
+    # anchors) and put them in the pool: as random draws they score up to 0.75 point below their
+    # own training, as anchors above it (BENCHMARKS.md, issue 5, "Anchors").
+    anchors: bool = True
     # Training images randomly shifted by up to this many pixels (0: not at all). On the digits,
     # 2 lifted the sub-networks by 0.3 point on unseen digits (BENCHMARKS.md, issue 5, "Random shifts").
     shift: int = 2
@@ -99,6 +104,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
         epochs=job.epochs,
         random_subnets=job.random_subnets,
         spread_subnets=job.spread_subnets,
+        anchors=tuple(a.to_dict() for a in family_in_space(fspace, data.num_classes)) if job.anchors else (),
         shift=job.shift,
         seed=job.seed,
     )
@@ -110,7 +116,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
     seconds = train_supernet(supernet, train, prep, config, progress.advance, device)
     if rank != 0:
         return out, {}
-    sections = pool_and_assembler(supernet, train, val, prep, job, targets, progress)
+    sections = pool_and_assembler(supernet, train, val, prep, job, targets, progress, config.anchors)
     assembler = sections.pop("model")
     meta = {
         "edgefab": edgefab.__version__,
@@ -164,7 +170,8 @@ def assemble_factory(
     if info["train_samples"] < len(train):
         train = train.subset(np.random.default_rng(seed).permutation(len(train))[: info["train_samples"]])
     job = replace(job, seed=meta["training"]["seed"])
-    sections = pool_and_assembler(factory.supernet, train, val, factory.prep, job, targets, progress)
+    anchors = meta["training"].get("anchors", ())
+    sections = pool_and_assembler(factory.supernet, train, val, factory.prep, job, targets, progress, anchors)
     assembler = sections.pop("model")
     meta = {**meta, "edgefab": edgefab.__version__, **sections}
     progress.stage(f"writing {path}")
@@ -174,14 +181,15 @@ def assemble_factory(
 
 
 def pool_and_assembler(
-    supernet, train, val, prep, job: FactoryJob, targets: list[Target], progress: Progress
+    supernet, train, val, prep, job: FactoryJob, targets: list[Target], progress: Progress, anchors=()
 ) -> dict[str, Any]:
-    """Steps 2 and 3: score the pool, cost it on ``targets`` (``job.assembler_targets`` loaded), train
-    the assembler on it. Returns the ``model`` and factory.json's ``pool`` and ``assembler`` sections."""
+    """Steps 2 and 3: score the pool (the training's ``anchors`` in it), cost it on ``targets``
+    (``job.assembler_targets`` loaded), train the assembler on it. Returns the ``model`` and
+    factory.json's ``pool`` and ``assembler`` sections."""
     start = time.perf_counter()
     fspace, num_classes = supernet.fspace, supernet.num_classes
     val_sample = val.subset(pool_images(len(val), job.seed, job.pool_samples))
-    pool, logits = score_pool(supernet, train, val_sample, prep, job.pool, job.seed, progress)
+    pool, logits = score_pool(supernet, train, val_sample, prep, job.pool, job.seed, progress, anchors)
     progress.stage(f"costing the pool on {', '.join(job.assembler_targets)}")
     latencies = {}
     for name, target in zip(job.assembler_targets, targets, strict=True):
@@ -208,14 +216,15 @@ def pool_images(val_size: int, seed: int, count: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(val_size)[:count]
 
 
-def score_pool(supernet, train, val, prep, count: int, seed: int, progress: Progress):
-    """The smallest, the largest and ``count - 2`` sub-networks between them
-    (:meth:`FactorySpace.sample_from_end`), with their all-class logits on ``val`` (pool, samples,
-    classes)."""
+def score_pool(supernet, train, val, prep, count: int, seed: int, progress: Progress, anchors=()):
+    """The smallest, the largest, the ``anchors`` (selection dicts) and sub-networks between them
+    (:meth:`FactorySpace.sample_from_end`), ``count`` in all, with their all-class logits on ``val``
+    (pool, samples, classes)."""
     fspace = supernet.fspace
     rng = np.random.default_rng(seed + 1)
     pool = [fspace.smallest(), fspace.largest()]
-    seen = {fspace.smallest(), fspace.largest()}
+    pool += [s for s in (ModuleSelection.from_dict(a) for a in anchors) if s not in pool][: count - 2]
+    seen = set(pool)
     while len(pool) < count:
         selection = fspace.sample_from_end(rng)
         if selection not in seen:

@@ -77,14 +77,14 @@ def space_networks(space: SearchSpace, num_classes: int) -> list[ArchSpec]:
             selection = ModuleSelection(
                 choices, widths[stages], widths[0] if stem else None, widths[-1] if head else None
             )
-            specs.append(factory.arch(selection, num_classes))
+            specs.append(factory.arch(factory.canonical(selection), num_classes))
     return specs
 
 
 def covering_widths(options: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
-    """Per-stage width assignments in which every (stage s-1 width, stage s width) pair occurs."""
-    wanted = {(s, a, b) for s in range(1, len(options)) for a in options[s - 1] for b in options[s]}
-    wanted |= {(0, None, b) for b in options[0]}
+    """Per-stage width assignments in which every (input width, stage s width) pair occurs; a stage
+    at width 0 (dropped) passes its input on, so the stage after it reads the one before."""
+    wanted = set().union(*(_pairs(w) for w in itertools.product(*options)))
     chosen = []
     while wanted:  # greedy set cover over all assignments: few stages and widths, so cheap
         best = max(itertools.product(*options), key=lambda w: len(_pairs(w) & wanted))
@@ -94,7 +94,12 @@ def covering_widths(options: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...
 
 
 def _pairs(widths: tuple[int, ...]) -> set:
-    return {(0, None, widths[0])} | {(s, widths[s - 1], widths[s]) for s in range(1, len(widths))}
+    pairs, before = set(), None
+    for stage, width in enumerate(widths):
+        if width:
+            pairs.add((stage, before, width))
+            before = width
+    return pairs
 
 
 def unique_tasks(task_lists: list[list]) -> list:
