@@ -42,6 +42,11 @@ def _dropped_note(widths: list[list[int]]) -> str:
     return " (0: the last stage dropped)" if widths and widths[-1][:1] == [0] else ""
 
 
+def _anchors_note(training: dict[str, Any]) -> str:
+    count = len(training.get("anchors", ()))
+    return f" with {count} anchor(s) trained at every step" if count else ""
+
+
 def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
     data, training, pool = meta["data"], meta["training"], meta["pool"]
     return [
@@ -54,7 +59,8 @@ def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
         ("data", f"{data['name']}: {len(data['classes'])} classes, {data['train_samples']} training images"),
         (
             "training",
-            f"{training['epochs']} epochs sandwich rule, shifts up to {training.get('shift', 0)} px, "
+            f"{training['epochs']} epochs sandwich rule{_anchors_note(training)}, shifts up to "
+            f"{training.get('shift', 0)} px, "
             f"{training['processes']} process(es) on {training.get('device', 'cpu')}, "
             f"{training['seconds']:.0f} s",
         ),  # fmt: skip
@@ -106,7 +112,7 @@ def train(
             "--anchors/--no-anchors",
             help="Train the simple family's members that the space holds at every step (and pool them).",
         ),
-    ] = True,
+    ] = False,
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,

@@ -23,7 +23,7 @@ from edgefab.factory.customize import (
 from edgefab.factory.network import Network
 from edgefab.factory.presets import WIDTHS, family_in_space, simple_classifier
 from edgefab.factory.scoring import group_logits, task_accuracy
-from edgefab.factory.space import FACTORY_SPACES, FactorySpace, ModuleSelection
+from edgefab.factory.space import FACTORY_SPACES, FactorySpace, ModuleSelection, space_for_shape
 from edgefab.factory.store import Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
 from edgefab.factory.supertrain import SupernetTrainConfig, train_supernet
@@ -31,6 +31,7 @@ from edgefab.spaces import SPACES
 from edgefab.targets.latency import latency_model
 
 SPACE = FACTORY_SPACES["digits-28"]
+DROP = FACTORY_SPACES["digits-28-drop"]  # the same, its third stage droppable
 # the stage-width decisions: after one per searchable layer, before the stem's and head's widths
 STAGE_WIDTHS = slice(len(SPACE.space.searchable()), len(SPACE.space.searchable()) + len(SPACE.widths))
 DIGITS = [str(d) for d in range(10)]
@@ -46,9 +47,8 @@ def test_space_stages_and_widths():
     spec = SPACE.arch(SPACE.smallest(), 10)
     # the stem and the fixed first layer narrow together (stem 8), every stage and the head to its narrowest
     assert spec.stem_channels == 8 and spec.head_channels == 96
-    # the third stage dropped: identities at the second stage's width, the head reads that stage
-    assert [b.out_channels for b in spec.blocks] == [8, 8, 8, 8, 24, 24, 24, 24, 24]
-    assert spec.notation()[2:4] == ["skip", "skip"] and spec.notation()[7:] == ["skip", "skip"]
+    assert [b.out_channels for b in spec.blocks] == [8, 8, 8, 8, 24, 24, 24, 48, 48]
+    assert spec.notation()[2:4] == ["skip", "skip"]
     largest = SPACE.arch(SPACE.largest(), 10)
     assert largest.stem_channels == 16 and largest.blocks[0].out_channels == 16
     assert largest.head_channels == 256
@@ -98,26 +98,31 @@ def test_the_last_stage_can_be_dropped():
     """Width 0 drops the third stage: its layers build nothing (so their choices are canonical), the
     head that reads the second stage has weights of its own, and the network is cheaper on the
     phone's latency model than the smallest one with the stage."""
-    values = SPACE.values(SPACE.largest())
-    values[SPACE.space.searchable().index(7)] = "k5_e6"
+    values = DROP.values(DROP.largest())
+    values[DROP.space.searchable().index(7)] = "k5_e6"
     values[STAGE_WIDTHS.stop - 1] = 0  # the third stage's width
-    dropped = SPACE.selection(values)
+    dropped = DROP.selection(values)
     assert dropped.choices[7:] == ("k3_e3", "skip") and dropped.widths == (24, 40, 0)
     with pytest.raises(EdgefabError, match="a dropped last stage's layers must be at their smallest ops"):
-        SPACE.check(replace(dropped, choices=(*dropped.choices[:7], "k5_e6", "skip")))
-    spec = SPACE.arch(dropped, 10)
+        DROP.check(replace(dropped, choices=(*dropped.choices[:7], "k5_e6", "skip")))
+    spec = DROP.arch(dropped, 10)
     assert [b.skip for b in spec.blocks[7:]] == [True, True] and spec.blocks[-1].out_channels == 40
     assert Network(spec).head[0].in_channels == 40
-    with_stage = SPACE.arch(replace(SPACE.smallest(), widths=(8, 24, 48)), 10)
+    assert DROP.smallest() == replace(SPACE.smallest(), widths=(8, 24, 0))
     pixel = latency_model("pixel")
-    assert pixel.total_ms(SPACE.arch(SPACE.smallest(), 10)) < 0.8 * pixel.total_ms(with_stage)
+    smallest = pixel.total_ms(DROP.arch(DROP.smallest(), 10))
+    assert smallest < 0.8 * pixel.total_ms(SPACE.arch(SPACE.smallest(), 10))
 
-    supernet = ModularSupernet(SPACE, 10)
+    supernet = ModularSupernet(DROP, 10)
     supernet(torch.randn(2, 1, 28, 28), dropped).sum().backward()
     assert supernet.short_head[0].weight.grad is not None and supernet.head[0].weight.grad is None
     assert all(p.grad is None for p in supernet.blocks[7].parameters())
-    fixed_depth = FactorySpace(SPACE.space, ((8, 16), (24,), (48, 80)))
-    assert not hasattr(ModularSupernet(fixed_depth, 10), "short_head")
+    assert not hasattr(ModularSupernet(SPACE, 10), "short_head")
+    torch.manual_seed(0)
+    x, rng = torch.randn(3, 1, 28, 28), np.random.default_rng(1)
+    for selection in [DROP.smallest()] + [DROP.selection(DROP.values(DROP.sample(rng))) for _ in range(8)]:
+        with torch.no_grad():  # the standalone network computes what the supernet does, stage dropped or not
+            assert (supernet.eval()(x, selection) - supernet.extract(selection)[1](x)).abs().max() < 1e-4
     for widths in (((0, 8), (24,), (48,)), ((8,), (24,), (48, 0)), ((8,), (24,), (0, 0, 48))):
         with pytest.raises(ValueError, match="only the last stage can be dropped"):
             FactorySpace(SPACE.space, widths)
@@ -131,15 +136,29 @@ def test_a_space_holds_the_family_members_whose_shape_it_has():
         member, spec = family.scaled(width), wide.arch(selection, 10)
         assert [b for b in spec.blocks if not b.skip] == list(member.blocks)
         assert (spec.stem_channels, spec.head_channels) == (member.stem_channels, member.head_channels)
-    # digits-28 holds w1.0 alone, with its third stage dropped; its other widths are not the family's
-    assert [s.widths for s in family_in_space(SPACE, 10)] == [(24, 40, 0)]
-    assert SPACE.holding(family.scaled(0.5)) is None
+    # digits-28 holds none (three stages); with its third stage dropped, w1.0 alone (the others'
+    # widths are not among its options)
+    assert family_in_space(SPACE, 10) == []
+    assert [s.widths for s in family_in_space(DROP, 10)] == [(24, 40, 0)]
+    assert DROP.holding(family.scaled(0.5)) is None
     assert FACTORY_SPACES["cifar-32"].holding(family) is None  # another input shape
 
 
-def test_anchors_are_recorded_and_must_be_members(tiny_factory, digits):
-    meta = load_factory(tiny_factory[0]).meta
-    assert meta["training"]["anchors"] == [s.to_dict() for s in family_in_space(SPACE, 10)]
+def test_anchors_are_trained_pooled_and_always_scored(tmp_path, digits):
+    """``--anchors``: the family's members in the space train at every step, are pooled, and the
+    costliest that fits a budget is always among customisation's candidates."""
+    from edgefab.pipeline.factory_train import FactoryJob, train_factory
+
+    wide = FACTORY_SPACES["digits-28-wide"]
+    job = FactoryJob(out=tmp_path / "f", space="digits-28-wide", anchors=True, epochs=1, pool=8,
+                     pool_samples=100, assembler_steps=20, train_samples=128)  # fmt: skip
+    factory = load_factory(train_factory(job)[0])
+    anchors = family_in_space(wide, 10)
+    assert factory.meta["training"]["anchors"] == [a.to_dict() for a in anchors]
+    model = latency_model("pixel")
+    w05 = model.total_ms(wide.arch(anchors[3], 10))  # w1.5, w1.0, w0.75, w0.5, w0.35
+    proposed = propose(factory, parse_task("all", DIGITS), model, w05 * 1.001, CustomizeOptions(scored=2))
+    assert anchors[3] in [selection for selection, _, _ in proposed] and len(proposed) <= 3
     train, _ = digits
     config = SupernetTrainConfig(epochs=1, anchors=({"choices": ["k3_e1"] * 9, "widths": [8, 24, 48]},))
     with pytest.raises(EdgefabError, match="layer1 allows"):
@@ -554,6 +573,8 @@ def test_the_default_training_is_the_shipped_factory_s():
     assert FactoryJob().shift == FACTORY_SHIFT == shipped["shift"]
     assert FactoryJob().spread_subnets == FACTORY_SPREAD == shipped.get("spread_subnets", 0)
     assert FactoryJob().seed == shipped["seed"] == 0
+    assert FactoryJob().anchors is False and not shipped.get("anchors")
+    assert space_for_shape((1, 28, 28)) == FACTORY_SPACES["digits-28"]  # not -drop: the shipped widths
 
 
 def test_shifts_are_on_by_default_and_recorded(tiny_factory, tmp_path):

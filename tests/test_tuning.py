@@ -194,15 +194,16 @@ def test_factory_widths_are_covered_pair_by_pair():
     space = FACTORY_SPACES["digits-28"]
     # the stem as a stage before the first, the head as one after the last
     options = (space.stem_widths, *space.widths, space.head_widths)
-    assert options[3] == (0, 48, 64, 80)  # the third stage can be dropped: the head then reads the second
     chosen = covering_widths(options)
-    pairs = {(s, w[s - 1], w[s]) for w in chosen for s in range(1, len(w)) if w[s] and w[s - 1]}
-    pairs |= {(4, w[2], w[4]) for w in chosen if w[3] == 0}
-    nonzero = [tuple(o for o in opts if o) for opts in options]
-    wanted = {(s, a, b) for s in range(1, len(options)) for a in nonzero[s - 1] for b in nonzero[s]}
-    assert pairs == wanted | {(4, a, b) for a in options[2] for b in options[4]}
-    # 3x3 pairs through the third stage need 9 assignments, as many again with it dropped; no more
-    assert {w[0] for w in chosen} == set(options[0]) and len(chosen) == 18
+    pairs = {(s, w[s - 1], w[s]) for w in chosen for s in range(1, len(w))}
+    assert pairs == {(s, a, b) for s in range(1, len(options)) for a in options[s - 1] for b in options[s]}
+    assert {w[0] for w in chosen} == set(options[0]) and len(chosen) == 9  # 3x3 pairs need 9, no more
+    # a dropped third stage (width 0) passes the second's width on: the head then reads it
+    drop = FACTORY_SPACES["digits-28-drop"]
+    options = (drop.stem_widths, *drop.widths, drop.head_widths)
+    chosen = covering_widths(options)
+    assert {(w[2], w[4]) for w in chosen if w[3] == 0} == {(a, b) for a in options[2] for b in options[4]}
+    assert len(chosen) == 18  # as many again with the stage dropped
 
 
 def test_space_networks_hold_every_layer_of_random_factory_networks():

@@ -229,7 +229,27 @@ def propose(
             break
     if options.rank == "latency":
         ranked = sorted(ranked, key=lambda item: (-item[1], -item[2]))[: options.scored]
+    anchor = costliest_anchor(factory, model, budget_ms)
+    if anchor is not None and anchor[0] not in {selection for selection, _, _ in ranked}:
+        ranked.append(anchor)
     return ranked
+
+
+def costliest_anchor(
+    factory: Factory, model: LatencyModel, budget_ms: float | None
+) -> tuple[ModuleSelection, float, float] | None:
+    """The costliest of the sub-networks the supernet trained at every step (its anchors) within
+    budget, as (selection, predicted ms, log-probability -inf), or None. Always scored: an anchor
+    scores like a network trained alone, while sampled neighbours a few decisions away score up to a
+    point lower (BENCHMARKS.md, issue 5, "Anchors"), and ranking by latency may not reach it."""
+    space, classes = factory.space, len(factory.classes)
+    fitting = []
+    for data in factory.meta.get("training", {}).get("anchors", ()):
+        selection = space.canonical(ModuleSelection.from_dict(data))
+        ms = model.total_ms(space.arch(selection, classes))
+        if budget_ms is None or ms <= budget_ms:
+            fitting.append((selection, ms, -np.inf))
+    return max(fitting, key=lambda item: item[1], default=None)
 
 
 def _task_network(

@@ -262,6 +262,12 @@ FACTORY_SPACES: dict[str, FactorySpace] = {
     # of the space without it (BENCHMARKS.md, issue 5's dominance check). The head narrows for the
     # same reason: the family's w0.35 has 88 channels there, w0.5 128.
     "digits-28": _space(
+        "digits-28", ((8, 16, 24), (24, 32, 40), (48, 64, 80)), stem=(8, 16), head=(96, 160, 256)
+    ),
+    # The same with its third stage droppable (width 0), so that the cheap end can have the scratch
+    # family's two-stage shape. Not the default: trained alike, its cheap end scored 0.8 point lower
+    # (BENCHMARKS.md, issue 5, "A droppable third stage and anchors").
+    "digits-28-drop": _space(
         "digits-28", ((8, 16, 24), (24, 32, 40), (0, 48, 64, 80)), stem=(8, 16), head=(96, 160, 256)
     ),
     "digits-28-wide": _space(
