@@ -15,6 +15,7 @@ from edgefab.factory.assembler import Assembler, AssemblerConfig, relative_budge
 from edgefab.factory.customize import (
     CustomizeOptions,
     GroupHead,
+    best_candidate,
     customize,
     latency_range,
     propose,
@@ -163,6 +164,18 @@ def test_anchors_are_trained_pooled_and_always_scored(tmp_path, digits):
     config = SupernetTrainConfig(epochs=1, anchors=({"choices": ["k3_e1"] * 9, "widths": [8, 24, 48]},))
     with pytest.raises(EdgefabError, match="layer1 allows"):
         train_supernet(ModularSupernet(SPACE, 10), train.subset(range(64)), normalization(train), config)
+
+
+def test_an_anchor_loses_only_to_a_clearly_better_score():
+    anchor, other = SPACE.smallest(), SPACE.largest()
+    rows = [
+        {"selection": anchor, "ms": 1.0, "accuracy": 0.980},
+        {"selection": other, "ms": 1.0, "accuracy": 0.984},
+    ]
+    # 0.4 point on 1,000 images is within one standard error (0.44 point): the anchor stays
+    assert best_candidate(rows, {anchor}, 1000)["selection"] == anchor
+    assert best_candidate(rows, {anchor}, 10_000)["selection"] == other  # here it is beyond it
+    assert best_candidate(rows, set(), 1000)["selection"] == other  # no anchors: the best score
 
 
 def test_tasks_parse_and_relabel():

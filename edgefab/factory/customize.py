@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -157,7 +158,7 @@ def customize(
         results.append(
             {"selection": selection, "ms": ms, "logp": logp, "accuracy": accuracy, "network": network}
         )
-    best = max(results, key=lambda r: (r["accuracy"], -r["ms"]))
+    best = best_candidate(results, set(anchor_selections(factory)), len(task_val))
     seconds["score"] = time.perf_counter() - clock
     clock = time.perf_counter()
     network, accuracy, head = _task_network(best, task, task_train, task_val, factory.prep, options)
@@ -244,12 +245,32 @@ def costliest_anchor(
     point lower (BENCHMARKS.md, issue 5, "Anchors"), and ranking by latency may not reach it."""
     space, classes = factory.space, len(factory.classes)
     fitting = []
-    for data in factory.meta.get("training", {}).get("anchors", ()):
-        selection = space.canonical(ModuleSelection.from_dict(data))
+    for selection in anchor_selections(factory):
         ms = model.total_ms(space.arch(selection, classes))
         if budget_ms is None or ms <= budget_ms:
             fitting.append((selection, ms, -np.inf))
     return max(fitting, key=lambda item: item[1], default=None)
+
+
+def anchor_selections(factory: Factory) -> list[ModuleSelection]:
+    """The sub-networks the factory's supernet trained at every step (none for most factories)."""
+    anchors = factory.meta.get("training", {}).get("anchors", ())
+    return [factory.space.canonical(ModuleSelection.from_dict(data)) for data in anchors]
+
+
+def best_candidate(results: list[dict], anchors: set[ModuleSelection], images: int) -> dict:
+    """The candidate with the best score (the cheaper on a tie); an anchor loses only to one that
+    beats it by more than a binomial standard error on the ``images`` scored. Why: judged on 62,597
+    digits an anchor scores up to a point above the neighbours sampled around it, while on 1,000
+    images their scores differ by noise of half a point, so the best of a dozen neighbours often
+    outscores it by luck (BENCHMARKS.md, issue 5, "A droppable third stage and anchors")."""
+    best = max(results, key=lambda r: (r["accuracy"], -r["ms"]))
+    scored_anchors = [r for r in results if r["selection"] in anchors]
+    if not scored_anchors or best in scored_anchors:
+        return best
+    anchor = max(scored_anchors, key=lambda r: (r["accuracy"], -r["ms"]))
+    error = math.sqrt(max(anchor["accuracy"] * (1 - anchor["accuracy"]), 1e-4) / max(images, 1))
+    return anchor if best["accuracy"] - anchor["accuracy"] <= error else best
 
 
 def _task_network(
