@@ -3,9 +3,10 @@
 For a factory whose space holds members of the simple MobileNetV2-style family (all of them in
 ``digits-28-wide``; :meth:`FactorySpace.holding` finds them), this prints each held member's
 accuracy as a sub-network of the supernet (inherited weights, batch norms recalibrated, as
-customisation scores candidates) beside its predicted latency on `host`, and the space's smallest
-and largest sub-networks. Read it beside ``benchmarks/factory.py``'s scratch accuracies (the same
-judging images): it says whether weight sharing costs the family accuracy.
+customisation scores candidates) beside its predicted latency on `host`, then the factory's anchors
+(the sub-networks its training visited at every step, if any) and the space's smallest and largest.
+Read it beside ``benchmarks/factory.py``'s scratch accuracies (the same judging images): it says
+whether weight sharing costs the family accuracy.
 
     python benchmarks/factory_family.py --factory PATH [--judge-extra extra_digits.npz]
 """
@@ -18,6 +19,7 @@ from factory import judging_split, task_val_accuracy, with_extra
 
 from edgefab.data import load_dataset
 from edgefab.data.tasks import parse_task
+from edgefab.factory.customize import anchor_selections
 from edgefab.factory.presets import WIDTHS, simple_classifier
 from edgefab.factory.scoring import subnetwork
 from edgefab.factory.store import load_factory
@@ -43,6 +45,8 @@ def main() -> None:
     named = [(name, selection) for name, selection in held if selection is not None]
     if len(named) < len(held):
         print(f"space {space.name} holds {len(named)} of the family's {len(held)} members")
+    held_anchors = {selection for _, selection in named}
+    named += [(f"anchor: {a.notation()}", a) for a in anchor_selections(factory) if a not in held_anchors]
     named += [("smallest", space.smallest()), ("largest", space.largest())]
     print(f"{factory.meta['space']}: all ten digits, judged on {len(judge)} images\n")
     print("| sub-network | inherited accuracy | predicted host ms |\n|---|---|---|")

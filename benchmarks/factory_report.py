@@ -178,6 +178,7 @@ def print_dominance(rows) -> None:
         acc, ratio, accuracies = r["dominance_acc"], r["dominance_ms_ratio"], r["scratch_accs"]
         verdict = "yes" if acc >= r["scratch_acc"] and ratio <= 1.0 else "no"
         smallest = " (the smallest)" if r["dominance_floor"] else ""
+        smallest += " (its very graph)" if r.get("dominance_same_network") else ""
         scratch = f"{100 * r['scratch_acc']:.2f} %"
         if seeds > 1:
             scratch += f" ({100 * min(accuracies):.2f}-{100 * max(accuracies):.2f})"

@@ -325,6 +325,10 @@ def test_customize_meets_the_budget(tiny_factory, digits):
         assert chosen.head == "fitted" and chosen.network.classifier.out_features == 2
     linear = customize(factory, task, model, budget, train, val, replace(options, group_head=False))
     assert linear.head == "fitted"
+    every = customize(factory, parse_task("all", DIGITS), model, budget, train, val, options)
+    assert every.head == "inherited rows"  # the task it was trained for: nothing to refit
+    assert every.network.classifier.out_features == 10
+    assert every.accuracy == pytest.approx(max(row["accuracy"] for row in every.candidates), abs=1e-5)
     assert 0.0 < chosen.relative_budget < 1.0
     assert len(chosen.candidates) == scoring_effort(options, budget, largest).scored > 2  # a cheap budget
     with torch.no_grad():

@@ -57,7 +57,7 @@ class SupernetTrainConfig:
     spread_subnets: int = 0
     # Sub-networks trained at every step beside the smallest (ModuleSelection.to_dict() form): a
     # sub-network the sandwich trains every step scores like one trained alone, those it only meets
-    # among the random draws do not (BENCHMARKS.md, issue 5, "Anchors").
+    # among the random draws do not (BENCHMARKS.md, issue 5, "A droppable third stage and anchors").
     anchors: tuple[dict, ...] = ()
     seed: int = 0
 
