@@ -153,11 +153,15 @@ def test_anchors_are_trained_pooled_and_always_scored(tmp_path, digits):
     from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
     wide = FACTORY_SPACES["digits-28-wide"]
+    named = {"choices": ["k3_e1", "k3_e3", "skip", "skip", "k5_e3", "skip", "skip"], "widths": [16, 24],
+             "stem": 8, "head": 128}  # fmt: skip
     job = FactoryJob(out=tmp_path / "f", space="digits-28-wide", anchors=True, epochs=1, pool=8,
-                     pool_samples=100, assembler_steps=20, train_samples=128)  # fmt: skip
+                     pool_samples=100, assembler_steps=20, train_samples=128,
+                     extra_anchors=(named, family_in_space(wide, 10)[0].to_dict()))  # fmt: skip
     factory = load_factory(train_factory(job)[0])
     anchors = family_in_space(wide, 10)
-    assert factory.meta["training"]["anchors"] == [a.to_dict() for a in anchors]
+    # the family's members, then the named ones not already among them
+    assert factory.meta["training"]["anchors"] == [a.to_dict() for a in anchors] + [named]
     model = latency_model("pixel")
     w05 = model.total_ms(wide.arch(anchors[3], 10))  # w1.5, w1.0, w0.75, w0.5, w0.35
     proposed = propose(factory, parse_task("all", DIGITS), model, w05 * 1.001, CustomizeOptions(scored=2))

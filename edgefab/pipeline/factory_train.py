@@ -27,7 +27,7 @@ from edgefab.errors import EdgefabError
 from edgefab.factory.assembler import AssemblerConfig, train_assembler
 from edgefab.factory.presets import family_in_space
 from edgefab.factory.scoring import all_class_logits, subnetwork, task_accuracy
-from edgefab.factory.space import ModuleSelection, factory_space, space_for_shape
+from edgefab.factory.space import FactorySpace, ModuleSelection, factory_space, space_for_shape
 from edgefab.factory.store import META_FILE, Factory, load_factory, save_factory
 from edgefab.factory.supernet import ModularSupernet
 from edgefab.factory.supertrain import (
@@ -61,10 +61,14 @@ class FactoryJob:
     # ends 0.07 point lower on one seed (BENCHMARKS.md, issue 5, "Why the factory is behind").
     spread_subnets: int = 0
     # Train the simple family's members that the space holds at every step (SupernetTrainConfig's
-    # anchors) and put them in the pool. Off by default: they then score like the family trained
-    # alone, but the networks between them do not, and customisation lands there more often than
-    # on them (BENCHMARKS.md, issue 5, "A droppable third stage and anchors").
+    # anchors) and put them in the pool. Off by default: they then score about what they score
+    # trained alone, the networks between them do not, and with four anchors the factory was still
+    # behind at two of three scratch latencies (BENCHMARKS.md, issue 5, "A droppable third stage
+    # and anchors").
     anchors: bool = False
+    # More anchors, named (ModuleSelection.to_dict form): for a space that holds few of the family's
+    # members, sub-networks at their latencies (benchmarks/factory_anchors.py).
+    extra_anchors: tuple[dict, ...] = ()
     # Training images randomly shifted by up to this many pixels (0: not at all). On the digits,
     # 2 lifted the sub-networks by 0.3 point on unseen digits (BENCHMARKS.md, issue 5, "Random shifts").
     shift: int = 2
@@ -105,7 +109,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
         epochs=job.epochs,
         random_subnets=job.random_subnets,
         spread_subnets=job.spread_subnets,
-        anchors=tuple(a.to_dict() for a in family_in_space(fspace, data.num_classes)) if job.anchors else (),
+        anchors=job_anchors(job, fspace, data.num_classes),
         shift=job.shift,
         seed=job.seed,
     )
@@ -148,6 +152,14 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
     with staged_folder(out) as staging:
         save_factory(staging, Factory(meta, supernet, assembler))
     return out, {**meta}
+
+
+def job_anchors(job: FactoryJob, fspace: FactorySpace, num_classes: int) -> tuple[dict, ...]:
+    """The anchors ``job`` asks for: the family's members in the space (``job.anchors``), then
+    ``job.extra_anchors``, each once, in canonical form."""
+    family = family_in_space(fspace, num_classes) if job.anchors else []
+    named = [fspace.canonical(ModuleSelection.from_dict(a)) for a in job.extra_anchors]
+    return tuple(a.to_dict() for a in dict.fromkeys([*family, *named]))
 
 
 def assemble_factory(
