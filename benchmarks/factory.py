@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from factory_report import print_tables, without_arrays
 
-from edgefab.arch import ArchSpec
+from edgefab.arch import ArchSpec, same_graph
 from edgefab.data import Dataset, load_dataset, normalization, to_float
 from edgefab.data.tasks import apply_task, parse_task
 from edgefab.errors import EdgefabError
@@ -326,17 +326,6 @@ def paired_ratio(path_a: Path, path_b: Path, pairs: int = 3000) -> float:
     return math.sqrt(statistics.median(ratios[(0, 1)]) * statistics.median(ratios[(1, 0)]))
 
 
-def same_network(a: ArchSpec, b: ArchSpec) -> bool:
-    """Whether two specs build the same graph: skip blocks build nothing, names do not run."""
-
-    def graph(spec: ArchSpec) -> tuple:
-        blocks = tuple(block for block in spec.blocks if not block.skip)
-        stem = (spec.stem_channels, spec.stem_stride)
-        return spec.input_shape, spec.num_classes, stem, blocks, spec.head_channels
-
-    return graph(a) == graph(b)
-
-
 def at_scratch_latency(
     factory, task, model, split, row: dict, paths: dict, work: Path, start: str = "pick",
     scratch_spec: ArchSpec | None = None,
@@ -367,7 +356,7 @@ def at_scratch_latency(
     for _ in range(CHECKS):
         budget = max(budget, floor)
         chosen = customize(factory, task, model, budget, train, val, CustomizeOptions())
-        same = scratch_spec is not None and same_network(chosen.spec, scratch_spec)
+        same = scratch_spec is not None and same_graph(chosen.spec, scratch_spec)
         ratio = 1.0 if same else paired_ratio(exported(chosen.network, chosen.spec, work), paths["scratch"])
         hits = task_hits(chosen.network, judge, task, factory.prep)
         result.update(dominance_acc=float(hits.mean()), dominance_hits=hits,

@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from edgefab.errors import EdgefabError
 from edgefab.factory.space import ModuleSelection
 from edgefab.pipeline.factory_train import FactoryJob, train_factory
 
@@ -40,7 +41,10 @@ def main() -> None:
     job = FactoryJob(out=Path(args.out), space="digits-28-drop", extra_anchors=named,
                      device=args.device, seed=args.seed)  # fmt: skip
     start = time.perf_counter()
-    out, meta = train_factory(job)
+    try:
+        out, meta = train_factory(job)
+    except EdgefabError as exc:  # e.g. --out is a folder that is not a factory, or no such --device
+        parser.error(str(exc))
     print(f"{out}: {len(meta['training']['anchors'])} anchors, {time.perf_counter() - start:.0f} s "
           f"({meta['training']['seconds']:.0f} s supernet)")  # fmt: skip
 

@@ -119,6 +119,17 @@ class ArchSpec:
         )
 
 
+def same_graph(a: ArchSpec, b: ArchSpec) -> bool:
+    """Whether two specs build the same network: skipped blocks build nothing, names do not run."""
+
+    def graph(spec: ArchSpec) -> tuple:
+        blocks = tuple(block for block in spec.blocks if not block.skip)
+        stem = (spec.stem_channels, spec.stem_stride)
+        return spec.input_shape, spec.num_classes, stem, blocks, spec.head_channels
+
+    return graph(a) == graph(b)
+
+
 def _strided(size: int, stride: int) -> int:
     """Output size of a "same"-padded convolution."""
     return (size + stride - 1) // stride

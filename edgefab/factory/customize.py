@@ -286,8 +286,8 @@ def _task_network(
     if rows == [[c] for c in range(inherited.out_features)]:
         # Every class, in order: the inherited classifier is this task's, trained on all the training
         # images; refitted on a thousand, the head judged on 62,597 digits was no better (-0.02
-        # point, 10 sub-networks) and cost an anchor 0.19 point (BENCHMARKS.md, issue 5, "A
-        # droppable third stage and anchors"). On a subset the refit gained (+0.04 point, 8 of 8).
+        # point, 9 sub-networks) and cost an anchor 0.19 point (BENCHMARKS.md, issue 5, "A
+        # droppable third stage and anchors"). On a subset the refit gained (+0.04 point, 7 of 7).
         return network.eval(), best["accuracy"], "inherited rows"
     features, labels = _features(network, train, prep, options.head_samples, task)
     init_w = torch.stack([inherited.weight[r].mean(0) for r in rows]).detach()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefab.arch import ArchSpec, BlockSpec
+from edgefab.arch import ArchSpec, BlockSpec, same_graph
 from edgefab.errors import EdgefabError
 from edgefab.spaces import SPACES, SearchSpace
 
@@ -209,12 +209,7 @@ class FactorySpace:
             held = self.arch(selection, spec.num_classes)
         except EdgefabError:
             return None
-        same = [(b.out_channels, b.kernel, b.expand, b.stride) for b in held.blocks if not b.skip] == [
-            (b.out_channels, b.kernel, b.expand, b.stride) for b in spec.blocks if not b.skip
-        ]
-        shape = (held.stem_channels, held.stem_stride, held.head_channels, held.input_shape)
-        return selection if same and shape == (spec.stem_channels, spec.stem_stride, spec.head_channels,
-                                               spec.input_shape) else None  # fmt: skip
+        return selection if same_graph(held, spec) else None
 
     def check(self, selection: ModuleSelection) -> None:
         """Raise a one-line error if ``selection`` is not a member of the space."""
