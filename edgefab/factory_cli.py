@@ -113,6 +113,14 @@ def train(
             help="Train the simple family's members that the space holds at every step (and pool them).",
         ),
     ] = False,
+    anchor_labels: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight of the label loss each anchor learns from beside the largest's predictions "
+            "(0: distillation alone).",
+        ),
+    ] = 0.0,
     pool: PoolOption = 384,
     pool_samples: PoolSamplesOption = FACTORY_POOL_SAMPLES,
     assembler_targets: TargetsOption = FACTORY_ASSEMBLER_TARGETS,
@@ -137,8 +145,8 @@ def train(
 
     job = FactoryJob(
         data=data, out=out, space=space, epochs=epochs, shift=shift, spread_subnets=spread_subnets,
-        anchors=anchors, pool=pool, pool_samples=pool_samples, assembler_targets=_names(assembler_targets),
-        seed=seed, split_seed=split_seed, device=device,
+        anchors=anchors, anchor_label_weight=anchor_labels, pool=pool, pool_samples=pool_samples,
+        assembler_targets=_names(assembler_targets), seed=seed, split_seed=split_seed, device=device,
     )  # fmt: skip
     with RichProgress(enabled=not as_json) as progress:
         path, meta = train_factory(job, progress)

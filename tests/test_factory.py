@@ -536,6 +536,26 @@ def test_spread_subnets_train_other_sub_networks_from_the_same_seed(digits):
     assert not all(torch.equal(plain[name], spread[name]) for name in plain)
 
 
+def test_anchor_label_weight_trains_the_anchors_on_the_labels_too(digits):
+    """``anchor_label_weight`` adds the label loss to the anchors' distillation loss only: without
+    anchors it changes nothing, with one it changes the weights."""
+    train = digits[0].subset(list(range(256)))
+    prep = normalization(train)
+    anchor = (SPACE.sample(np.random.default_rng(0)).to_dict(),)
+
+    def trained(anchors: tuple, weight: float) -> dict:
+        torch.manual_seed(0)
+        supernet = ModularSupernet(SPACE, 10)
+        config = SupernetTrainConfig(epochs=1, anchors=anchors, anchor_label_weight=weight)
+        train_supernet(supernet, train, prep, config)
+        return supernet.state_dict()
+
+    plain, weighted = trained((), 0.0), trained((), 1.0)
+    assert all(torch.equal(plain[name], weighted[name]) for name in plain)
+    distilled, labelled = trained(anchor, 0.0), trained(anchor, 1.0)
+    assert not all(torch.equal(distilled[name], labelled[name]) for name in distilled)
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is")
 def test_factory_train_on_an_absent_gpu_is_refused_before_any_work(tmp_path):
     from typer.testing import CliRunner

@@ -2,10 +2,10 @@
 
 The sandwich rule with in-place distillation (BigNAS / Once-for-All style): each step trains the
 largest sub-network on the labels, then the smallest and ``random_subnets`` random ones on the
-largest's softened predictions (and so the ``anchors``, if any, at every step), and applies the
-summed gradients (``spread_subnets`` of the random ones drawn from an end of the space rather than
-uniformly). Afterwards any sub-network only
-needs its batch norms recalibrated.
+largest's softened predictions (and so the ``anchors``, if any, at every step, with the labels
+too if ``anchor_label_weight`` says so), and applies the summed gradients (``spread_subnets`` of
+the random ones drawn from an end of the space rather than uniformly). Afterwards any sub-network
+only needs its batch norms recalibrated.
 
 It trains on the CPU or a CUDA GPU (:func:`training_device`). Many processes: start the same
 command with ``torchrun --nproc_per_node N``. Each process takes its shard of every batch and
@@ -59,6 +59,10 @@ class SupernetTrainConfig:
     # sub-network the sandwich trains every step scores like one trained alone, those it only meets
     # among the random draws do not (BENCHMARKS.md, issue 5, "A droppable third stage and anchors").
     anchors: tuple[dict, ...] = ()
+    # Weight of the label loss added to each anchor's distillation loss (0: distillation alone, as
+    # the other sub-networks): a scratch network learns from the labels, and an anchor distilled
+    # alone ends a little under the largest it copies.
+    anchor_label_weight: float = 0.0
     seed: int = 0
 
 
@@ -137,7 +141,7 @@ def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress
                 for i in range(config.random_subnets)
             ]
             optimizer.zero_grad(set_to_none=True)
-            _sandwich_step(supernet, inputs, labels[batch], [*anchors, *randoms], config.label_smoothing)
+            _sandwich_step(supernet, inputs, labels[batch], anchors, randoms, config)
             _average_gradients(supernet, size)
             optimizer.step()
             schedule.step()
@@ -147,14 +151,18 @@ def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress
     return time.perf_counter() - start
 
 
-def _sandwich_step(supernet, x, y, randoms, label_smoothing: float) -> None:
+def _sandwich_step(supernet, x, y, anchors, randoms, config: SupernetTrainConfig) -> None:
     space = supernet.fspace
     logits = supernet(x, space.largest())
-    F.cross_entropy(logits, y, label_smoothing=label_smoothing).backward()
+    F.cross_entropy(logits, y, label_smoothing=config.label_smoothing).backward()
     teacher = F.softmax(logits.detach(), dim=1)
-    for selection in [space.smallest(), *randoms]:
-        student = F.log_softmax(supernet(x, selection), dim=1)
-        F.kl_div(student, teacher, reduction="batchmean").backward()
+    label_weights = [0.0] + [config.anchor_label_weight] * len(anchors) + [0.0] * len(randoms)
+    for selection, label_weight in zip([space.smallest(), *anchors, *randoms], label_weights, strict=True):
+        logits = supernet(x, selection)
+        loss = F.kl_div(F.log_softmax(logits, dim=1), teacher, reduction="batchmean")
+        if label_weight:
+            loss = loss + label_weight * F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        loss.backward()
 
 
 def _average_gradients(supernet: torch.nn.Module, size: int) -> None:

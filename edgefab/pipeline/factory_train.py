@@ -69,6 +69,7 @@ class FactoryJob:
     # More anchors, named (ModuleSelection.to_dict form): for a space that holds few of the family's
     # members, sub-networks at their latencies (benchmarks/factory_anchors.py).
     extra_anchors: tuple[dict, ...] = ()
+    anchor_label_weight: float = 0.0  # the anchors' label loss beside distillation (SupernetTrainConfig)
     # Training images randomly shifted by up to this many pixels (0: not at all). On the digits,
     # 2 lifted the sub-networks by 0.3 point on unseen digits (BENCHMARKS.md, issue 5, "Random shifts").
     shift: int = 2
@@ -110,6 +111,7 @@ def train_factory(job: FactoryJob, progress: Progress | None = None) -> tuple[Pa
         random_subnets=job.random_subnets,
         spread_subnets=job.spread_subnets,
         anchors=job_anchors(job, fspace, data.num_classes),
+        anchor_label_weight=job.anchor_label_weight,
         shift=job.shift,
         seed=job.seed,
     )
