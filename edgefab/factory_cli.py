@@ -43,8 +43,11 @@ def _dropped_note(widths: list[list[int]]) -> str:
 
 
 def _anchors_note(training: dict[str, Any]) -> str:
-    count = len(training.get("anchors", ()))
-    return f" with {count} anchor(s) trained at every step" if count else ""
+    count, labels = len(training.get("anchors", ())), training.get("anchor_label_weight", 0)
+    if not count:
+        return ""
+    weighted = f" (labels weighted {labels})" if labels else ""
+    return f" with {count} anchor(s) trained at every step{weighted}"
 
 
 def _summary_rows(path: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -554,6 +554,8 @@ def test_anchor_label_weight_trains_the_anchors_on_the_labels_too(digits):
     assert all(torch.equal(plain[name], weighted[name]) for name in plain)
     distilled, labelled = trained(anchor, 0.0), trained(anchor, 1.0)
     assert not all(torch.equal(distilled[name], labelled[name]) for name in distilled)
+    with pytest.raises(EdgefabError, match="anchor_label_weight -1.0: give 0 or more"):
+        trained(anchor, -1.0)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is")

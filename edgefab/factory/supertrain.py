@@ -129,6 +129,8 @@ def _train_supernet(supernet, train, prep, config: SupernetTrainConfig, progress
     anchors = [space.canonical(ModuleSelection.from_dict(anchor)) for anchor in config.anchors]
     for anchor in anchors:
         space.check(anchor)
+    if config.anchor_label_weight < 0:
+        raise EdgefabError(f"anchor_label_weight {config.anchor_label_weight}: give 0 or more")
     supernet.train()
     for epoch in range(config.epochs):
         order = torch.randperm(len(labels), generator=order_rng)
